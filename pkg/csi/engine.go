@@ -57,13 +57,16 @@ func chainLength(path string) (int, error) {
 // through the serving node's daemon when the volume is staged. It returns the frozen image. Call with the
 // store lock held.
 func (e *engine) freeze(ctx context.Context, s *store, volumeID, key string, rec *volumeRecord) (string, error) {
-	if rec.Pending == nil {
-		rec.Pending = &pendingFreeze{NewHead: newImageName()}
-		// The intent is durable before any image changes, so a crash at any later point is finished by
-		// the next caller instead of leaving a daemon writing to an image the metadata does not name.
-		if err := s.saveVolume(key, rec); err != nil {
-			return "", err
-		}
+	// An interrupted freeze is finished first but not reused: its daemon may have taken writes since, which
+	// this freeze must capture.
+	if _, err := e.finishFreeze(ctx, s, volumeID, key, rec); err != nil {
+		return "", err
+	}
+	rec.Pending = &pendingFreeze{NewHead: newImageName()}
+	// The intent is durable before any image changes, so a crash at any later point is finished by the
+	// next caller instead of leaving a daemon writing to an image the metadata does not name.
+	if err := s.saveVolume(key, rec); err != nil {
+		return "", err
 	}
 	return e.finishFreeze(ctx, s, volumeID, key, rec)
 }

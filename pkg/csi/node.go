@@ -252,17 +252,46 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 	if v.ReadOnly {
 		opts = append(opts, "ro")
 	}
+	if !v.ReadOnly {
+		if err := n.growExtOffline(ctx, v); err != nil {
+			return err
+		}
+	}
 	if err := n.mounter.FormatAndMount(v.Device.Path, v.StagingPath, v.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "format and mount %s: %v", v.Device.Path, err)
 	}
-	if !v.ReadOnly {
-		// The image may have grown while unstaged (offline expansion).
+	if !v.ReadOnly && v.FsType == "xfs" {
+		// xfs only grows mounted.
 		if need, err := n.resizer.NeedResize(v.Device.Path, v.StagingPath); err == nil && need {
 			if _, err := n.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
 				klog.FromContext(ctx).Error(err, "Growing the filesystem failed", "volumeID", v.VolumeID)
 			}
 		}
 	}
+	return nil
+}
+
+// growExtOffline grows an ext filesystem that is smaller than its device (the image was expanded while
+// unstaged) before it is mounted. Growing it mounted needs CAP_SYS_RESOURCE, which nodes may not grant.
+func (n *nodeState) growExtOffline(ctx context.Context, v *nodeVolume) error {
+	format, err := n.mounter.GetDiskFormat(v.Device.Path)
+	if err != nil || (format != "ext4" && format != "ext3" && format != "ext2") {
+		return nil
+	}
+	need, err := n.resizer.NeedResize(v.Device.Path, v.StagingPath)
+	if err != nil || !need {
+		return nil
+	}
+	// resize2fs insists on a freshly checked filesystem; exit codes 0 and 1 mean clean or fixed.
+	if out, err := n.mounter.Exec.Command("e2fsck", "-f", "-p", v.Device.Path).CombinedOutput(); err != nil {
+		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
+			return status.Errorf(codes.Internal, "e2fsck %s: %v: %s", v.Device.Path, err, out)
+		}
+	}
+	if out, err := n.mounter.Exec.Command("resize2fs", v.Device.Path).CombinedOutput(); err != nil {
+		return status.Errorf(codes.Internal, "resize2fs %s: %v: %s", v.Device.Path, err, out)
+	}
+	klog.FromContext(ctx).Info("Grew filesystem", "volumeID", v.VolumeID, "device", v.Device.Path)
 	return nil
 }
 
@@ -511,8 +540,13 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, status.Errorf(codes.FailedPrecondition, "device has %d bytes, %d requested: unstage the volume so it can be expanded", size, req.GetCapacityRange().GetRequiredBytes())
 	}
 	if v.Filesystem && !v.ReadOnly {
-		if _, err := d.node.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
-			return nil, status.Errorf(codes.Internal, "grow filesystem: %v", err)
+		// Usually already grown at stage time; only a filesystem still smaller than its device is resized.
+		if need, err := d.node.resizer.NeedResize(v.Device.Path, v.StagingPath); err != nil {
+			return nil, status.Errorf(codes.Internal, "check filesystem size: %v", err)
+		} else if need {
+			if _, err := d.node.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
+				return nil, status.Errorf(codes.Internal, "grow filesystem: %v", err)
+			}
 		}
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
