@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	pvcsi "github.com/pvpool/pvpool/pkg/csi"
@@ -35,6 +38,9 @@ func main() {
 		maxVolumes     = flag.Int64("max-volumes-per-node", 0, "reported to the scheduler (0 = unlimited)")
 		kubeletDir     = flag.String("kubelet-registration-dir", "", "node: register with kubelet through a socket in this directory (e.g. /var/lib/kubelet/plugins_registry); empty = don't")
 		kubeletCSIPath = flag.String("kubelet-csi-endpoint", "", "node: CSI socket path as kubelet sees it (default: the --endpoint path)")
+		resolveClaims  = flag.Bool("resolve-backing-claims", false, "find backingClaimName's directory through the Kubernetes API (claim -> local/hostPath PersistentVolume, under --host-root); without it every claim is served from --backing-dir")
+		hostRoot       = flag.String("host-root", "", "where the host's root filesystem is mounted in this container (with --resolve-backing-claims)")
+		kubeconfig     = flag.String("kubeconfig", "", "kubeconfig for --resolve-backing-claims (default: in-cluster configuration)")
 		showVersion    = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.Parse()
@@ -42,27 +48,54 @@ func main() {
 		fmt.Println(version)
 		return
 	}
-	if err := run(*endpoint, *driverName, *nodeID, *mode, *backingDir, *runDir, *attachMode, *agentSocket, *maxChain,
-		*maxVolumes, *kubeletDir, *kubeletCSIPath); err != nil {
+	locator, err := backingLocator(*backingDir, *resolveClaims, *hostRoot, *kubeconfig, *driverName)
+	if err == nil {
+		err = run(locator, *endpoint, *driverName, *nodeID, *mode, *runDir, *attachMode, *agentSocket, *maxChain,
+			*maxVolumes, *kubeletDir, *kubeletCSIPath)
+	}
+	if err != nil {
 		klog.ErrorS(err, "pvpool-csi failed")
 		klog.Flush()
 		os.Exit(1)
 	}
 }
 
-func run(endpoint, driverName, nodeID, mode, backingDir, runDir, attachMode, agentSocket string, maxChain int,
+func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig, driverName string) (pvcsi.BackingLocator, error) {
+	if backingDir != "" {
+		if err := os.MkdirAll(backingDir, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if !resolveClaims {
+		if backingDir == "" {
+			return nil, fmt.Errorf("--backing-dir is required without --resolve-backing-claims")
+		}
+		return pvcsi.DirLocator{Dir: backingDir}, nil
+	}
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &pvcsi.ClaimLocator{Client: client, HostRoot: hostRoot, DriverName: driverName, Fallback: backingDir}, nil
+}
+
+func run(locator pvcsi.BackingLocator, endpoint, driverName, nodeID, mode, runDir, attachMode, agentSocket string, maxChain int,
 	maxVolumes int64, kubeletDir, kubeletCSIPath string) error {
-	if backingDir == "" {
-		return fmt.Errorf("--backing-dir is required")
-	}
-	if err := os.MkdirAll(backingDir, 0o755); err != nil {
-		return err
-	}
 	am, err := volume.ParseAttachMode(attachMode)
 	if err != nil {
 		return err
 	}
-	cfg := pvcsi.Config{DriverName: driverName, Version: version, NodeID: nodeID, Locator: pvcsi.DirLocator{Dir: backingDir},
+	cfg := pvcsi.Config{DriverName: driverName, Version: version, NodeID: nodeID, Locator: locator,
 		RunDir: runDir, AttachMode: am, MaxChainLength: maxChain, MaxVolumesPerNode: maxVolumes}
 	switch mode {
 	case "controller":
@@ -95,7 +128,7 @@ func run(endpoint, driverName, nodeID, mode, backingDir, runDir, attachMode, age
 		klog.ErrorS(err, "Some staged volumes could not be recovered")
 	}
 	klog.InfoS("Starting pvpool-csi", "version", version, "driver", driverName, "mode", mode, "nodeID", cfg.NodeID,
-		"backingDir", backingDir, "attachMode", volume.ResolveAttachMode(am))
+		"attachMode", volume.ResolveAttachMode(am))
 	if cfg.Node && kubeletDir != "" {
 		csiPath := kubeletCSIPath
 		if csiPath == "" {

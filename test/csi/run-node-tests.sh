@@ -6,6 +6,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 echo "[csi-tests] installing node dependencies" >&2
 "${ROOT}/hack/install-node-deps.sh"
-echo "[csi-tests] go test ./pkg/volume/... ./pkg/csi/... ./cmd/csi/..." >&2
+echo "[csi-tests] go test ./pkg/volume/... ./pkg/csi/... ./cmd/csi/... ./test/csi/..." >&2
 cd "${ROOT}"
-go test -count=1 "$@" ./pkg/volume/... ./pkg/csi/... ./cmd/csi/...
+go test -count=1 "$@" ./pkg/volume/... ./pkg/csi/... ./cmd/csi/... ./test/csi/...
