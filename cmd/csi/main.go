@@ -48,7 +48,7 @@ func main() {
 		fmt.Println(version)
 		return
 	}
-	locator, err := backingLocator(*backingDir, *resolveClaims, *hostRoot, *kubeconfig, *driverName)
+	locator, err := backingLocator(*backingDir, *resolveClaims, *hostRoot, *kubeconfig, *driverName, *runDir)
 	if err == nil {
 		err = run(locator, *endpoint, *driverName, *nodeID, *mode, *runDir, *attachMode, *agentSocket, *maxChain,
 			*maxVolumes, *kubeletDir, *kubeletCSIPath)
@@ -60,7 +60,7 @@ func main() {
 	}
 }
 
-func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig, driverName string) (pvcsi.BackingLocator, error) {
+func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig, driverName, runDir string) (pvcsi.BackingLocator, error) {
 	if backingDir != "" {
 		if err := os.MkdirAll(backingDir, 0o755); err != nil {
 			return nil, err
@@ -86,7 +86,8 @@ func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig,
 	if err != nil {
 		return nil, err
 	}
-	return &pvcsi.ClaimLocator{Client: client, HostRoot: hostRoot, DriverName: driverName, Fallback: backingDir}, nil
+	return &pvcsi.ClaimLocator{Client: client, HostRoot: hostRoot, DriverName: driverName, Fallback: backingDir,
+		CacheFile: filepath.Join(runDir, "backing-claims.json")}, nil
 }
 
 func run(locator pvcsi.BackingLocator, endpoint, driverName, nodeID, mode, runDir, attachMode, agentSocket string, maxChain int,

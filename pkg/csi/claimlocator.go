@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -23,8 +24,12 @@ type ClaimLocator struct {
 	HostRoot   string
 	DriverName string
 	Fallback   string
+	// CacheFile, when set, persists resolved claims so a restarted plugin can still reach (and delete)
+	// volumes whose backing claim is gone.
+	CacheFile string
 
-	mu sync.Mutex
+	mu     sync.Mutex
+	loaded bool
 	// resolved remembers claims, so volumes stay reachable while their claim is briefly unavailable.
 	resolved map[BackingClaim]string
 }
@@ -40,6 +45,7 @@ func (l *ClaimLocator) Root(ctx context.Context, claim BackingClaim) (string, er
 	dir, err := l.resolve(ctx, claim)
 	if err != nil {
 		l.mu.Lock()
+		l.loadLocked()
 		cached, ok := l.resolved[claim]
 		l.mu.Unlock()
 		if ok {
@@ -49,12 +55,53 @@ func (l *ClaimLocator) Root(ctx context.Context, claim BackingClaim) (string, er
 		return "", err
 	}
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.loadLocked()
+	if l.resolved[claim] != dir {
+		l.resolved[claim] = dir
+		l.saveLocked(ctx)
+	}
+	return dir, nil
+}
+
+type cachedClaim struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Dir       string `json:"dir"`
+}
+
+func (l *ClaimLocator) loadLocked() {
 	if l.resolved == nil {
 		l.resolved = map[BackingClaim]string{}
 	}
-	l.resolved[claim] = dir
-	l.mu.Unlock()
-	return dir, nil
+	if l.loaded || l.CacheFile == "" {
+		return
+	}
+	l.loaded = true
+	var entries []cachedClaim
+	if ok, err := readJSON(l.CacheFile, &entries); err != nil || !ok {
+		return
+	}
+	for _, e := range entries {
+		l.resolved[BackingClaim{Namespace: e.Namespace, Name: e.Name}] = e.Dir
+	}
+}
+
+func (l *ClaimLocator) saveLocked(ctx context.Context) {
+	if l.CacheFile == "" {
+		return
+	}
+	var entries []cachedClaim
+	for c, dir := range l.resolved {
+		entries = append(entries, cachedClaim{Namespace: c.Namespace, Name: c.Name, Dir: dir})
+	}
+	err := os.MkdirAll(filepath.Dir(l.CacheFile), 0o755)
+	if err == nil {
+		err = writeJSONAtomic(l.CacheFile, entries)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Saving backing claim locations failed", "file", l.CacheFile)
+	}
 }
 
 func (l *ClaimLocator) resolve(ctx context.Context, claim BackingClaim) (string, error) {
@@ -109,6 +156,7 @@ func (l *ClaimLocator) Roots(ctx context.Context) ([]string, error) {
 		}
 	}
 	l.mu.Lock()
+	l.loadLocked()
 	for _, dir := range l.resolved {
 		add(dir)
 	}

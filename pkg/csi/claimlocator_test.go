@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"path/filepath"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,7 +27,8 @@ func TestClaimLocator(t *testing.T) {
 		&storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "other"}, Provisioner: "other.csi",
 			Parameters: map[string]string{"backingClaimName": "nfs", "backingClaimNamespace": "ns"}},
 	)
-	l := &ClaimLocator{Client: client, HostRoot: "/host", DriverName: DefaultDriverName, Fallback: "/fallback"}
+	cache := filepath.Join(t.TempDir(), "claims.json")
+	l := &ClaimLocator{Client: client, HostRoot: "/host", DriverName: DefaultDriverName, Fallback: "/fallback", CacheFile: cache}
 	dir, err := l.Root(ctx, BackingClaim{Namespace: "default", Name: "backing-pvc"})
 	if err != nil || dir != "/host/srv/backing" {
 		t.Errorf("Root = %q, %v", dir, err)
@@ -45,6 +47,11 @@ func TestClaimLocator(t *testing.T) {
 	}
 	if dir, err := l.Root(ctx, BackingClaim{Namespace: "default", Name: "backing-pvc"}); err != nil || dir != "/host/srv/backing" {
 		t.Errorf("Root after claim deletion = %q, %v", dir, err)
+	}
+	// So does a restarted plugin, through the cache file.
+	restarted := &ClaimLocator{Client: client, HostRoot: "/host", DriverName: DefaultDriverName, CacheFile: cache}
+	if dir, err := restarted.Root(ctx, BackingClaim{Namespace: "default", Name: "backing-pvc"}); err != nil || dir != "/host/srv/backing" {
+		t.Errorf("Root after restart = %q, %v", dir, err)
 	}
 	roots, err := l.Roots(ctx)
 	if err != nil || len(roots) != 2 || roots[0] != "/fallback" || roots[1] != "/host/srv/backing" {
