@@ -28,6 +28,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
@@ -585,4 +586,28 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 		return nil, internal(err)
 	}
 	return &csi.GetCapacityResponse{AvailableCapacity: int64(st.Bavail) * int64(st.Bsize)}, nil
+}
+
+// GetSnapshot implements csi.ControllerServer.
+func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	id := req.GetSnapshotId()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot ID is required")
+	}
+	loc, key, err := decodeID(snapshotIDPrefix, id)
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "snapshot %s not found", id)
+	}
+	s, err := d.engine.store(ctx, loc)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.loadSnapshot(key)
+	if err != nil {
+		return nil, internal(err)
+	}
+	if rec == nil {
+		return nil, status.Errorf(codes.NotFound, "snapshot %s not found", id)
+	}
+	return &csi.GetSnapshotResponse{Snapshot: snapshotResponse(rec)}, nil
 }

@@ -394,3 +394,67 @@ func scanInt(s string, out *int) bool {
 	_, err := fmt.Sscan(s, out)
 	return err == nil
 }
+
+// TestRecoveryAfterDaemonsDied kills the daemon and bridge of a staged volume (as a container restart
+// does), checks the volume reports itself inaccessible, and that a restarted plugin serves it again at
+// the same publish path with its data.
+func TestRecoveryAfterDaemonsDied(t *testing.T) {
+	requireNode(t)
+	f := newNodeFixture(t)
+	d := f.driver(t)
+	ctx := t.Context()
+	v := mustCreate(t, d, "died", 16<<20, nil)
+	target := stageBlock(t, d, f, v.VolumeId)
+	fd, err := os.OpenFile(target, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := aligned(1 << 20)
+	for i := range buf {
+		buf[i] = 0x71
+	}
+	if _, err := fd.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	fd.Close()
+	health, err := d.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.VolumeId})
+	if err != nil || len(health.VolumeHealth.HealthStatuses) != 0 {
+		t.Fatalf("health of a working volume = %v, %v", health, err)
+	}
+	nv := d.node.get(v.VolumeId)
+	_ = unix.Kill(nv.daemon.PID(), unix.SIGKILL)
+	_ = unix.Kill(nv.Device.FusePID, unix.SIGKILL)
+	deadline := time.Now().Add(5 * time.Second)
+	for nv.daemon.Alive() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	health, err = d.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.VolumeId})
+	if err != nil || len(health.VolumeHealth.HealthStatuses) != 1 || health.VolumeHealth.HealthStatuses[0].Status != csi.VolumeHealthErrorType_INACCESSIBLE {
+		t.Fatalf("health of a dead volume = %v, %v", health, err)
+	}
+	d.node.close()
+
+	d2 := f.driver(t)
+	t.Cleanup(func() { unstage(t, d2, f, v.VolumeId) })
+	health, err = d2.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: v.VolumeId})
+	if err != nil || len(health.VolumeHealth.HealthStatuses) != 0 {
+		t.Fatalf("health after recovery = %v, %v", health, err)
+	}
+	rfd, err := os.OpenFile(target, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfd.Close()
+	got := aligned(1 << 20)
+	if _, err := rfd.ReadAt(got, 0); err != nil {
+		t.Fatalf("read through the rebound publish path: %v", err)
+	}
+	for i, b := range got {
+		if b != 0x71 {
+			t.Fatalf("byte %d = %#x after recovery, want 0x71", i, b)
+		}
+	}
+}
