@@ -26,6 +26,10 @@ kube::codegen::gen_openapi \
   --report-filename "$ROOT/hack/api-rules-violations.list" \
   --update-report \
   --output-model-name-file zz_generated.model_name.go \
+  --extra-pkgs k8s.io/api/core/v1 \
+  --extra-pkgs k8s.io/api/batch/v1 \
+  --extra-pkgs k8s.io/api/scheduling/v1alpha3 \
+  --extra-pkgs k8s.io/apimachinery/pkg/util/intstr \
   --boilerplate "$BOILERPLATE" \
   "$ROOT/pkg/apis"
 
@@ -37,6 +41,7 @@ kube::codegen::gen_client \
   --with-watch \
   --with-applyconfig \
   --applyconfig-openapi-schema "$models" \
+  --applyconfig-externals "k8s.io/api/core/v1.PersistentVolumeClaimSpec:k8s.io/client-go/applyconfigurations/core/v1,k8s.io/api/batch/v1.JobSpec:k8s.io/client-go/applyconfigurations/batch/v1,k8s.io/api/core/v1.LocalObjectReference:k8s.io/client-go/applyconfigurations/core/v1" \
   --output-dir "$ROOT/pkg/generated" \
   --output-pkg "$THIS_PKG/pkg/generated" \
   --boilerplate "$BOILERPLATE" \

@@ -74,14 +74,14 @@ const (
 )
 
 const (
-	PoolAvailableReasonNoReplicasRequested       = "NoReplicasRequested"
-	PoolAvailableReasonMinimumReplicasAvailable  = "MinimumReplicasAvailable"
-	PoolSettlementReasonInvalid                  = "Invalid"
-	PoolSettlementReasonInitJobFailed            = "InitJobFailed"
-	PoolSettlementReasonSettled                  = "Settled"
-	DefaultInitJobVolumeName                     = "workspace"
-	MaxInitJobBackoffLimit                 int32 = 10
-	MaxInitJobActiveDeadlineSeconds        int64 = 600
+	PoolAvailableReasonNoReplicasRequested            = "NoReplicasRequested"
+	PoolAvailableReasonMinimumReplicasAvailable       = "MinimumReplicasAvailable"
+	PoolSettlementReasonInvalid                       = "Invalid"
+	PoolSettlementReasonInitJobFailed                 = "InitJobFailed"
+	PoolSettlementReasonSettled                       = "Settled"
+	DefaultInitJobVolumeName                          = "workspace"
+	MaxInitJobBackoffLimit                      int32 = 10
+	MaxInitJobActiveDeadlineSeconds             int64 = 600
 )
 
 type PoolCondition struct {

@@ -19,7 +19,7 @@ limitations under the License.
 package v1alpha1
 
 import (
-	v1 "k8s.io/api/core/v1"
+	v1 "k8s.io/client-go/applyconfigurations/core/v1"
 )
 
 // CheckoutStatusApplyConfiguration represents a declarative configuration of the CheckoutStatus type for use
@@ -30,8 +30,8 @@ type CheckoutStatusApplyConfiguration struct {
 	// VolumeName is the PersistentVolume handed out to this checkout.
 	VolumeName *string `json:"volumeName,omitempty"`
 	// VolumeClaimRef is the claim, in the checkout's namespace, bound to VolumeName.
-	VolumeClaimRef *v1.LocalObjectReference              `json:"volumeClaimRef,omitempty"`
-	Conditions     []CheckoutConditionApplyConfiguration `json:"conditions,omitempty"`
+	VolumeClaimRef *v1.LocalObjectReferenceApplyConfiguration `json:"volumeClaimRef,omitempty"`
+	Conditions     []CheckoutConditionApplyConfiguration      `json:"conditions,omitempty"`
 }
 
 // CheckoutStatusApplyConfiguration constructs a declarative configuration of the CheckoutStatus type for use with
@@ -51,8 +51,8 @@ func (b *CheckoutStatusApplyConfiguration) WithVolumeName(value string) *Checkou
 // WithVolumeClaimRef sets the VolumeClaimRef field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the VolumeClaimRef field is set to the value of the last call.
-func (b *CheckoutStatusApplyConfiguration) WithVolumeClaimRef(value v1.LocalObjectReference) *CheckoutStatusApplyConfiguration {
-	b.VolumeClaimRef = &value
+func (b *CheckoutStatusApplyConfiguration) WithVolumeClaimRef(value *v1.LocalObjectReferenceApplyConfiguration) *CheckoutStatusApplyConfiguration {
+	b.VolumeClaimRef = value
 	return b
 }
 

@@ -19,9 +19,9 @@ limitations under the License.
 package v1alpha1
 
 import (
-	batchv1 "k8s.io/api/batch/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	types "k8s.io/apimachinery/pkg/types"
+	batchv1 "k8s.io/client-go/applyconfigurations/batch/v1"
 	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
@@ -32,7 +32,7 @@ import (
 // and activeDeadlineSeconds at most 600.
 type JobTemplateApplyConfiguration struct {
 	*v1.ObjectMetaApplyConfiguration `json:"metadata,omitempty"`
-	Spec                             *batchv1.JobSpec `json:"spec,omitempty"`
+	Spec                             *batchv1.JobSpecApplyConfiguration `json:"spec,omitempty"`
 }
 
 // JobTemplateApplyConfiguration constructs a declarative configuration of the JobTemplate type for use with
@@ -186,8 +186,8 @@ func (b *JobTemplateApplyConfiguration) ensureObjectMetaApplyConfigurationExists
 // WithSpec sets the Spec field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Spec field is set to the value of the last call.
-func (b *JobTemplateApplyConfiguration) WithSpec(value batchv1.JobSpec) *JobTemplateApplyConfiguration {
-	b.Spec = &value
+func (b *JobTemplateApplyConfiguration) WithSpec(value *batchv1.JobSpecApplyConfiguration) *JobTemplateApplyConfiguration {
+	b.Spec = value
 	return b
 }
 

@@ -19,9 +19,9 @@ limitations under the License.
 package v1alpha1
 
 import (
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	types "k8s.io/apimachinery/pkg/types"
+	corev1 "k8s.io/client-go/applyconfigurations/core/v1"
 	v1 "k8s.io/client-go/applyconfigurations/meta/v1"
 )
 
@@ -31,7 +31,7 @@ import (
 // PersistentVolumeClaimTemplate describes the claims a Pool creates.
 type PersistentVolumeClaimTemplateApplyConfiguration struct {
 	*v1.ObjectMetaApplyConfiguration `json:"metadata,omitempty"`
-	Spec                             *corev1.PersistentVolumeClaimSpec `json:"spec,omitempty"`
+	Spec                             *corev1.PersistentVolumeClaimSpecApplyConfiguration `json:"spec,omitempty"`
 }
 
 // PersistentVolumeClaimTemplateApplyConfiguration constructs a declarative configuration of the PersistentVolumeClaimTemplate type for use with
@@ -185,8 +185,8 @@ func (b *PersistentVolumeClaimTemplateApplyConfiguration) ensureObjectMetaApplyC
 // WithSpec sets the Spec field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the Spec field is set to the value of the last call.
-func (b *PersistentVolumeClaimTemplateApplyConfiguration) WithSpec(value corev1.PersistentVolumeClaimSpec) *PersistentVolumeClaimTemplateApplyConfiguration {
-	b.Spec = &value
+func (b *PersistentVolumeClaimTemplateApplyConfiguration) WithSpec(value *corev1.PersistentVolumeClaimSpecApplyConfiguration) *PersistentVolumeClaimTemplateApplyConfiguration {
+	b.Spec = value
 	return b
 }
 
