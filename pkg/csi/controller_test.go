@@ -281,3 +281,33 @@ func TestChainsStayBounded(t *testing.T) {
 		qemuIO(t, head, fmt.Sprintf("read -P 0 %d 64k", (i+1)*64<<10))
 	}
 }
+
+func TestControllerVolumeHealth(t *testing.T) {
+	requireQemuTools(t)
+	d, _ := newTestDriver(t, 0)
+	ctx := t.Context()
+	v := mustCreate(t, d, "healthy", 2<<20, nil)
+	snapResp, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: v.VolumeId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: v.VolumeId})
+	if err != nil || len(h.VolumeHealth.HealthStatuses) != 0 {
+		t.Fatalf("health = %v, %v", h, err)
+	}
+	// Lose the frozen image under the volume's head.
+	s, _, _ := d.lookupVolume(ctx, v.VolumeId)
+	_, key, _ := decodeID(snapshotIDPrefix, snapResp.Snapshot.SnapshotId)
+	snap, _ := s.loadSnapshot(key)
+	if err := os.Remove(s.imagePath(snap.Image)); err != nil {
+		t.Fatal(err)
+	}
+	list, err := d.ControllerListVolumeHealth(ctx, &csi.ControllerListVolumeHealthRequest{})
+	if err != nil || len(list.Entries) != 1 || len(list.Entries[0].HealthStatuses) != 1 ||
+		list.Entries[0].HealthStatuses[0].Status != csi.VolumeHealthErrorType_DATA_LOSS {
+		t.Fatalf("health list = %v, %v", list, err)
+	}
+	if _, err := d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: "v1~~~~missing"}); status.Code(err) != codes.NotFound {
+		t.Errorf("health of a missing volume: %v", err)
+	}
+}
