@@ -15,6 +15,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/pvpool/pvpool/pkg/volume"
 )
@@ -456,5 +458,151 @@ func TestRecoveryAfterDaemonsDied(t *testing.T) {
 		if b != 0x71 {
 			t.Fatalf("byte %d = %#x after recovery, want 0x71", i, b)
 		}
+	}
+}
+
+func (f *nodeFixture) nodeDriver(t *testing.T, nodeID string) *Driver {
+	t.Helper()
+	runDir := filepath.Join(f.runDir, nodeID)
+	d, err := NewDriver(Config{Node: true, NodeID: nodeID, Locator: DirLocator{Dir: f.backing}, RunDir: runDir,
+		AttachMode: volume.AttachNBDFuse, AgentSocket: filepath.Join(runDir, "agent.sock")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stop, err := d.node.serveAgent(ctx, d.cfg.AgentSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(); cancel() })
+	return d
+}
+
+func stageOn(t *testing.T, d *Driver, f *nodeFixture, id string, mode csi.VolumeCapability_AccessMode_Mode) (string, error) {
+	t.Helper()
+	c := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
+	staging := filepath.Join(f.work, d.cfg.NodeID, "staging")
+	target := filepath.Join(f.work, d.cfg.NodeID, "publish")
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.NodeStageVolume(t.Context(), &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+		return "", err
+	}
+	if _, err := d.NodePublishVolume(t.Context(), &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: c}); err != nil {
+		t.Fatal(err)
+	}
+	return target, nil
+}
+
+func unstageOn(t *testing.T, d *Driver, f *nodeFixture, id string) {
+	t.Helper()
+	if _, err := d.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: id,
+		TargetPath: filepath.Join(f.work, d.cfg.NodeID, "publish")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id,
+		StagingTargetPath: filepath.Join(f.work, d.cfg.NodeID, "staging")}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAccessModesAcrossNodesAndRemoteLiveSnapshot runs a controller and two node plugins on one backing
+// directory: a writer excludes every other node, readers share, and a controller without a node service
+// snapshots a volume staged elsewhere through that node's agent socket.
+func TestAccessModesAcrossNodesAndRemoteLiveSnapshot(t *testing.T) {
+	requireNode(t)
+	f := newNodeFixture(t)
+	ctx := t.Context()
+	ctrl, err := NewDriver(Config{Controller: true, Locator: DirLocator{Dir: f.backing}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, n2 := f.nodeDriver(t, "node-1"), f.nodeDriver(t, "node-2")
+	v := mustCreate(t, ctrl, "shared", 16<<20, nil)
+	rw := csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
+	rox := csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY
+
+	target, err := stageOn(t, n1, f, v.VolumeId, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := os.OpenFile(target, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := aligned(1 << 20)
+	for i := range buf {
+		buf[i] = 0x81
+	}
+	if _, err := fd.WriteAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []csi.VolumeCapability_AccessMode_Mode{rw, rox} {
+		if _, err := stageOn(t, n2, f, v.VolumeId, mode); status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("staging on a second node (%s) while node-1 writes: %v, want FailedPrecondition", mode, err)
+		}
+	}
+	if _, err := ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.VolumeId}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("DeleteVolume of a staged volume: %v, want FailedPrecondition", err)
+	}
+	// The controller reaches node-1's daemon through its agent socket.
+	snap, err := ctrl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "remote", SourceVolumeId: v.VolumeId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if top, err := n1.node.get(v.VolumeId).daemon.TopImage(ctx); err != nil || top != headOf(t, ctrl, v.VolumeId) {
+		t.Fatalf("node-1 serves %q (%v), metadata says %q", top, err, headOf(t, ctrl, v.VolumeId))
+	}
+	for i := range buf {
+		buf[i] = 0x82
+	}
+	if _, err := fd.WriteAt(buf, 0); err != nil {
+		t.Fatalf("write after remote live snapshot: %v", err)
+	}
+	fd.Close()
+	unstageOn(t, n1, f, v.VolumeId)
+	r := mustCreate(t, ctrl, "remote-restore", 16<<20, &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.Snapshot.SnapshotId}}})
+	qemuIO(t, headOf(t, ctrl, r.VolumeId), "read -P 0x81 0 1M")
+	qemuIO(t, headOf(t, ctrl, v.VolumeId), "read -P 0x82 0 1M")
+
+	// Readers share the volume across nodes, read-only.
+	t1, err := stageOn(t, n1, f, v.VolumeId, rox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unstageOn(t, n1, f, v.VolumeId) })
+	t2, err := stageOn(t, n2, f, v.VolumeId, rox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unstageOn(t, n2, f, v.VolumeId) })
+	for _, p := range []string{t1, t2} {
+		dev := n1.node.get(v.VolumeId).Device.Path
+		if p == t2 {
+			dev = n2.node.get(v.VolumeId).Device.Path
+		}
+		if raw, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "ro")); err != nil || strings.TrimSpace(string(raw)) != "1" {
+			t.Errorf("reader device %s is writable: %q %v", dev, raw, err)
+		}
+		rfd, err := os.OpenFile(p, os.O_RDONLY|unix.O_DIRECT, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := aligned(1 << 20)
+		_, err = rfd.ReadAt(got, 0)
+		rfd.Close()
+		if err != nil || got[0] != 0x82 || got[len(got)-1] != 0x82 {
+			t.Fatalf("reader at %s got %#x, %v", p, got[0], err)
+		}
+	}
+	if _, err := stageOn(t, n2, f, v.VolumeId, rw); status.Code(err) != codes.AlreadyExists && status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("writable stage while readers exist: %v", err)
 	}
 }
