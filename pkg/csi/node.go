@@ -275,12 +275,16 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 // growExtOffline grows an ext filesystem that is smaller than its device (the image was expanded while
 // unstaged) before it is mounted. Growing it mounted needs CAP_SYS_RESOURCE, which nodes may not grant.
 func (n *nodeState) growExtOffline(ctx context.Context, v *nodeVolume) error {
-	format, err := n.mounter.GetDiskFormat(v.Device.Path)
-	if err != nil || (format != "ext4" && format != "ext3" && format != "ext2") {
-		return nil
+	fsSize, err := extSuperblockSize(v.Device.Path)
+	if err != nil {
+		return nil // not ext (or not formatted yet)
 	}
-	need, err := n.resizer.NeedResize(v.Device.Path, v.StagingPath)
-	if err != nil || !need {
+	devSize, err := volume.DeviceSize(ctx, v.Device.Path)
+	if err != nil {
+		return internal(err)
+	}
+	// resize2fs may leave a partial last block group unused; a MiB of slack avoids checking every stage.
+	if devSize-fsSize < mib {
 		return nil
 	}
 	// resize2fs insists on a freshly checked filesystem; exit codes 0 and 1 mean clean or fixed.
@@ -292,7 +296,7 @@ func (n *nodeState) growExtOffline(ctx context.Context, v *nodeVolume) error {
 	if out, err := n.mounter.Exec.Command("resize2fs", v.Device.Path).CombinedOutput(); err != nil {
 		return status.Errorf(codes.Internal, "resize2fs %s: %v: %s", v.Device.Path, err, out)
 	}
-	klog.FromContext(ctx).Info("Grew filesystem", "volumeID", v.VolumeID, "device", v.Device.Path)
+	klog.FromContext(ctx).Info("Grew filesystem", "volumeID", v.VolumeID, "device", v.Device.Path, "from", fsSize, "to", devSize)
 	return nil
 }
 
@@ -541,10 +545,14 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		return nil, status.Errorf(codes.FailedPrecondition, "device has %d bytes, %d requested: unstage the volume so it can be expanded", size, req.GetCapacityRange().GetRequiredBytes())
 	}
 	if v.Filesystem && !v.ReadOnly {
-		// Usually already grown at stage time; only a filesystem still smaller than its device is resized.
-		if need, err := d.node.resizer.NeedResize(v.Device.Path, v.StagingPath); err != nil {
-			return nil, status.Errorf(codes.Internal, "check filesystem size: %v", err)
-		} else if need {
+		// ext filesystems grow at stage time; only one still smaller than its device (or xfs) is resized.
+		need := true
+		if fsSize, err := extSuperblockSize(v.Device.Path); err == nil {
+			need = size-fsSize >= mib
+		} else if v.FsType == "xfs" {
+			need, _ = d.node.resizer.NeedResize(v.Device.Path, v.StagingPath)
+		}
+		if need {
 			if _, err := d.node.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
 				return nil, status.Errorf(codes.Internal, "grow filesystem: %v", err)
 			}

@@ -326,14 +326,28 @@ func TestRestartRecoversStagedVolume(t *testing.T) {
 // TestFilesystemVolumeGrowsAfterExpansion formats a Mount volume on first stage, keeps its files across
 // stages and grows the filesystem after an offline expansion.
 func TestFilesystemVolumeGrowsAfterExpansion(t *testing.T) {
+	for _, c := range []struct {
+		fsType string
+		size   int64
+	}{{"ext4", 64 << 20}, {"xfs", 320 << 20}} {
+		t.Run(c.fsType, func(t *testing.T) {
+			if _, err := exec.LookPath("mkfs." + c.fsType); err != nil {
+				t.Skipf("mkfs.%s not installed", c.fsType)
+			}
+			testFilesystemGrows(t, c.fsType, c.size)
+		})
+	}
+}
+
+func testFilesystemGrows(t *testing.T, fsType string, initial int64) {
 	requireNode(t)
 	f := newNodeFixture(t)
 	d := f.driver(t)
 	ctx := t.Context()
-	mountCap := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+	mountCap := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	resp, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "fs", VolumeCapabilities: []*csi.VolumeCapability{mountCap},
-		Parameters: testParams, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 << 20}})
+		Parameters: testParams, CapacityRange: &csi.CapacityRange{RequiredBytes: initial}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,22 +383,22 @@ func TestFilesystemVolumeGrowsAfterExpansion(t *testing.T) {
 	}
 	before := size()
 	if _, err := d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}}); err == nil {
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * initial}}); err == nil {
 		t.Fatal("expansion of a staged volume accepted; the plugin only expands offline")
 	}
 	unstageFS()
 	exp, err := d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, VolumeCapability: mountCap})
-	if err != nil || !exp.NodeExpansionRequired || exp.CapacityBytes != 128<<20 {
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * initial}, VolumeCapability: mountCap})
+	if err != nil || !exp.NodeExpansionRequired || exp.CapacityBytes != 2*initial {
 		t.Fatalf("expand = %v, %v", exp, err)
 	}
 	stage()
 	t.Cleanup(unstageFS)
 	if _, err := d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: id, VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}}); err != nil {
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * initial}}); err != nil {
 		t.Fatal(err)
 	}
-	if after := size(); after < before+50<<20 {
+	if after := size(); after < before+initial*3/4 {
 		t.Fatalf("filesystem did not grow: %d -> %d", before, after)
 	}
 	if raw, err := os.ReadFile(filepath.Join(target, "data.txt")); err != nil || string(raw) != "hello" {
