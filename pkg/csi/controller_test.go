@@ -60,13 +60,17 @@ func headOf(t *testing.T, d *Driver, id string) string {
 	return s.imagePath(rec.Head)
 }
 
-func qemuIO(t *testing.T, image string, cmds ...string) {
-	t.Helper()
+func runQemuIO(image string, cmds ...string) ([]byte, error) {
 	args := []string{"-f", "qcow2"}
 	for _, c := range cmds {
 		args = append(args, "-c", c)
 	}
-	out, err := exec.Command("qemu-io", append(args, image)...).CombinedOutput()
+	return exec.Command("qemu-io", append(args, image)...).CombinedOutput()
+}
+
+func qemuIO(t *testing.T, image string, cmds ...string) {
+	t.Helper()
+	out, err := runQemuIO(image, cmds...)
 	if err != nil || strings.Contains(string(out), "verification failed") || strings.Contains(string(out), "failed") {
 		t.Fatalf("qemu-io %v on %s: %v: %s", cmds, image, err, out)
 	}
