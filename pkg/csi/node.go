@@ -33,6 +33,8 @@ type nodeVolume struct {
 	MountFlags  []string      `json:"mountFlags,omitempty"`
 	StagingPath string        `json:"stagingPath"`
 	Device      volume.Device `json:"device"`
+	// Scratch is the local overlay a read-only Filesystem volume is served through (see daemonConfig).
+	Scratch string `json:"scratch,omitempty"`
 	// Targets maps published paths to whether they are read-only.
 	Targets map[string]bool `json:"targets,omitempty"`
 
@@ -212,7 +214,11 @@ func (n *nodeState) start(ctx context.Context, v *nodeVolume) (err error) {
 			logger.Info("Repaired leaked clusters", "image", v.Image, "leaks", res.LeaksFixed)
 		}
 	}
-	daemon, err := volume.StartDaemon(ctx, volume.DaemonConfig{Dir: dir, Image: v.Image, ReadOnly: v.ReadOnly})
+	cfg, err := n.daemonConfig(ctx, v)
+	if err != nil {
+		return internal(err)
+	}
+	daemon, err := volume.StartDaemon(ctx, cfg)
 	if err != nil {
 		return status.Errorf(codes.Internal, "start daemon: %v", err)
 	}
@@ -222,7 +228,7 @@ func (n *nodeState) start(ctx context.Context, v *nodeVolume) (err error) {
 		}
 	}()
 	dev, err := volume.Attach(ctx, volume.AttachConfig{Mode: n.cfg.AttachMode, NBDSocket: daemon.Config().NBDSocket(),
-		WorkDir: dir, ReadOnly: v.ReadOnly})
+		WorkDir: dir, ReadOnly: cfg.ReadOnly})
 	if err != nil {
 		return status.Errorf(codes.Internal, "attach device: %v", err)
 	}
@@ -245,6 +251,32 @@ func (n *nodeState) start(ctx context.Context, v *nodeVolume) (err error) {
 	return nil
 }
 
+// daemonConfig says what the daemon serves. A read-only Filesystem volume is served through a scratch
+// overlay in the run directory: the image chain stays read-only, but the filesystem can replay a journal
+// left dirty by a live snapshot (mounting it "ro" on a read-only device would fail or, without journal
+// replay, miss committed data). The scratch overlay is discarded at unstage.
+func (n *nodeState) daemonConfig(ctx context.Context, v *nodeVolume) (volume.DaemonConfig, error) {
+	dir := n.volumeDir(v.VolumeID)
+	cfg := volume.DaemonConfig{Dir: dir, Image: v.Image, ReadOnly: v.ReadOnly}
+	if !v.ReadOnly || !v.Filesystem {
+		return cfg, nil
+	}
+	h, err := volume.ReadHeader(v.Image)
+	if err != nil {
+		return cfg, err
+	}
+	scratch := filepath.Join(dir, "scratch.qcow2")
+	if err := os.Remove(scratch); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return cfg, err
+	}
+	if err := volume.CreateOverlay(ctx, scratch, v.Image, h.VirtualSize); err != nil {
+		return cfg, err
+	}
+	v.Scratch = scratch
+	cfg.Image, cfg.ReadOnly = scratch, false
+	return cfg, nil
+}
+
 func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 	if err := os.MkdirAll(v.StagingPath, 0o750); err != nil {
 		return internal(err)
@@ -252,6 +284,10 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 	opts := append([]string{}, v.MountFlags...)
 	if v.ReadOnly {
 		opts = append(opts, "ro")
+	}
+	if v.FsType == "xfs" {
+		// Clones and restores carry their source's UUID, which xfs refuses to mount twice.
+		opts = append(opts, "nouuid")
 	}
 	if !v.ReadOnly {
 		if err := n.growExtOffline(ctx, v); err != nil {

@@ -620,3 +620,80 @@ func TestAccessModesAcrossNodesAndRemoteLiveSnapshot(t *testing.T) {
 		t.Fatalf("writable stage while readers exist: %v", err)
 	}
 }
+
+// TestReadOnlyFilesystemFromLiveSnapshot restores a snapshot taken while the filesystem was mounted and
+// written (its journal is dirty) and mounts it read-only, as a ReadOnlyMany claim would.
+func TestReadOnlyFilesystemFromLiveSnapshot(t *testing.T) {
+	for _, fsType := range []string{"ext4", "xfs"} {
+		t.Run(fsType, func(t *testing.T) {
+			if _, err := exec.LookPath("mkfs." + fsType); err != nil {
+				t.Skipf("mkfs.%s not installed", fsType)
+			}
+			requireNode(t)
+			f := newNodeFixture(t)
+			d := f.driver(t)
+			ctx := t.Context()
+			capFor := func(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+				return &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
+					AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
+			}
+			rw, rox := capFor(csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER), capFor(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY)
+			resp, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "src", VolumeCapabilities: []*csi.VolumeCapability{rw},
+				Parameters: testParams, CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			src := resp.Volume.VolumeId
+			stageFS := func(id, name string, c *csi.VolumeCapability) string {
+				staging, target := filepath.Join(f.work, name+"-staging"), filepath.Join(f.work, name+"-target")
+				if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: staging, VolumeCapability: c}); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: staging,
+					TargetPath: target, VolumeCapability: c, Readonly: c == rox}); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					_, _ = d.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+					_, _ = d.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+				})
+				return target
+			}
+			target := stageFS(src, "src", rw)
+			fd, err := os.Create(filepath.Join(target, "data.txt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fd.WriteString("written before the snapshot"); err != nil {
+				t.Fatal(err)
+			}
+			if err := fd.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			fd.Close()
+			// Keep the filesystem busy so its journal is not clean when frozen.
+			if err := os.WriteFile(filepath.Join(target, "busy.txt"), make([]byte, 1<<20), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			snap, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "live", SourceVolumeId: src})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := d.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "restore", VolumeCapabilities: []*csi.VolumeCapability{rox},
+				Parameters: testParams, CapacityRange: &csi.CapacityRange{RequiredBytes: 320 << 20},
+				VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+					Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.Snapshot.SnapshotId}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			roTarget := stageFS(r.Volume.VolumeId, "restore", rox)
+			got, err := os.ReadFile(filepath.Join(roTarget, "data.txt"))
+			if err != nil || string(got) != "written before the snapshot" {
+				t.Fatalf("data.txt in the read-only restore = %q, %v", got, err)
+			}
+			if err := os.WriteFile(filepath.Join(roTarget, "new.txt"), []byte("x"), 0o644); err == nil {
+				t.Fatal("wrote to a read-only volume")
+			}
+		})
+	}
+}

@@ -57,7 +57,7 @@ func (n *nodeState) recoverVolume(ctx context.Context, v *nodeVolume) error {
 	cfg := volume.DaemonConfig{Dir: dir, Image: v.Image, ReadOnly: v.ReadOnly}
 	if d, err := volume.AdoptDaemon(ctx, cfg); err == nil {
 		v.daemon = d
-		if top, err := d.TopImage(ctx); err == nil && top != v.Image {
+		if top, err := d.TopImage(ctx); err == nil && top != v.Image && v.Scratch == "" {
 			// A live snapshot finished after the state was last written.
 			v.Image = top
 		}
@@ -70,6 +70,9 @@ func (n *nodeState) recoverVolume(ctx context.Context, v *nodeVolume) error {
 		if !v.ReadOnly {
 			_, _ = volume.Check(ctx, v.Image, true)
 		}
+		if cfg, err = n.daemonConfig(ctx, v); err != nil {
+			return err
+		}
 		d, err := volume.StartDaemon(ctx, cfg)
 		if err != nil {
 			return err
@@ -79,7 +82,8 @@ func (n *nodeState) recoverVolume(ctx context.Context, v *nodeVolume) error {
 	// The old device is dead: its bridge died with the daemon or cannot reconnect to a new one.
 	old := v.Device
 	_ = old.Detach(ctx)
-	dev, err := volume.Attach(ctx, volume.AttachConfig{Mode: n.cfg.AttachMode, NBDSocket: cfg.NBDSocket(), WorkDir: dir, ReadOnly: v.ReadOnly})
+	dev, err := volume.Attach(ctx, volume.AttachConfig{Mode: n.cfg.AttachMode, NBDSocket: cfg.NBDSocket(), WorkDir: dir,
+		ReadOnly: v.ReadOnly && v.Scratch == ""})
 	if err != nil {
 		return err
 	}
