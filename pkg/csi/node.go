@@ -298,11 +298,9 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 		return status.Errorf(codes.Internal, "format and mount %s: %v", v.Device.Path, err)
 	}
 	if !v.ReadOnly && v.FsType == "xfs" {
-		// xfs only grows mounted.
-		if need, err := n.resizer.NeedResize(v.Device.Path, v.StagingPath); err == nil && need {
-			if _, err := n.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
-				klog.FromContext(ctx).Error(err, "Growing the filesystem failed", "volumeID", v.VolumeID)
-			}
+		// xfs only grows mounted; xfs_growfs is a no-op when it already fills the device.
+		if _, err := n.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
+			klog.FromContext(ctx).Error(err, "Growing the filesystem failed", "volumeID", v.VolumeID)
 		}
 	}
 	return nil
@@ -585,8 +583,6 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 		need := true
 		if fsSize, err := extSuperblockSize(v.Device.Path); err == nil {
 			need = size-fsSize >= mib
-		} else if v.FsType == "xfs" {
-			need, _ = d.node.resizer.NeedResize(v.Device.Path, v.StagingPath)
 		}
 		if need {
 			if _, err := d.node.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
