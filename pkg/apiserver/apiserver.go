@@ -14,6 +14,7 @@ import (
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool"
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/install"
+	clientset "github.com/pvpool/pvpool/pkg/generated/clientset/versioned"
 	checkoutregistry "github.com/pvpool/pvpool/pkg/registry/checkout"
 	poolregistry "github.com/pvpool/pvpool/pkg/registry/pool"
 )
@@ -41,7 +42,9 @@ func init() {
 }
 
 // ExtraConfig is the configuration specific to pvpool.
-type ExtraConfig struct{}
+type ExtraConfig struct {
+	Controllers ControllerConfig
+}
 
 // Config is the whole configuration of pvpool-apiserver.
 type Config struct {
@@ -80,11 +83,24 @@ func (c completedConfig) New() (*Server, error) {
 		return nil, err
 	}
 
+	pvpoolClient, err := clientset.NewForConfig(c.GenericConfig.LoopbackClientConfig)
+	if err != nil {
+		return nil, err
+	}
+	controllers, err := newControllers(&c.ExtraConfig.Controllers, pvpoolClient)
+	if err != nil {
+		return nil, err
+	}
+	var checkoutAcquirer checkoutregistry.Acquirer
+	if controllers != nil {
+		checkoutAcquirer = controllers.acquirer
+	}
+
 	pools, err := poolregistry.NewStorage(Scheme, c.GenericConfig.RESTOptionsGetter)
 	if err != nil {
 		return nil, err
 	}
-	checkouts, err := checkoutregistry.NewStorage(Scheme, c.GenericConfig.RESTOptionsGetter)
+	checkouts, err := checkoutregistry.NewStorage(Scheme, c.GenericConfig.RESTOptionsGetter, c.GenericConfig.Authorization.Authorizer, checkoutAcquirer)
 	if err != nil {
 		return nil, err
 	}
@@ -102,6 +118,14 @@ func (c completedConfig) New() (*Server, error) {
 	if informers := c.GenericConfig.SharedInformerFactory; informers != nil {
 		genericServer.AddPostStartHookOrDie("start-pvpool-informers", func(hookContext genericapiserver.PostStartHookContext) error {
 			informers.Start(hookContext.Done())
+			return nil
+		})
+	}
+	if controllers != nil {
+		genericServer.AddPostStartHookOrDie("start-pvpool-controllers", func(hookContext genericapiserver.PostStartHookContext) error {
+			controllers.pvpoolInformers.Start(hookContext.Done())
+			c.ExtraConfig.Controllers.KubeInformers.Start(hookContext.Done())
+			go controllers.run(hookContext)
 			return nil
 		})
 	}

@@ -28,8 +28,9 @@ const (
 	// Retain, so that deleting the replica claim does not delete the volume.
 	AnnotationOriginalReclaimPolicy = "pvpool.puppet.com/original-reclaim-policy"
 
-	// LabelCheckoutUID is set on a volume being handed out, so that a handout interrupted after the
-	// replica claim is gone can find its volume again.
+	// LabelCheckoutUID is set on a replica claim taken, and then on its volume, while they are being
+	// handed out, so that an interrupted handout finds them again, and one whose checkout is gone
+	// gives them back.
 	LabelCheckoutUID = "pvpool.puppet.com/checkout-uid"
 )
 

@@ -88,7 +88,7 @@ func newCheckout(name, poolNamespace, poolName string) *v1alpha1.Checkout {
 }
 
 func TestAPI(t *testing.T) {
-	s := startServer(t)
+	s := startServer(t, usePermissions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	pools := s.client.PvpoolV1alpha1().Pools("default")

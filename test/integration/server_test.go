@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net/http"
 	"net"
 	"os"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/authentication/authenticator"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/client-go/rest"
 
 	"github.com/pvpool/pvpool/pkg/cmd/server"
@@ -22,7 +25,7 @@ type testServer struct {
 	client clientset.Interface
 }
 
-func startServer(t *testing.T) *testServer {
+func startServer(t *testing.T, authz authorizer.Authorizer) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 
@@ -53,6 +56,12 @@ func startServer(t *testing.T) *testServer {
 		cancel()
 		t.Fatal(err)
 	}
+	// The loopback client authenticates with its token (added by Complete because an authenticator is
+	// set); everyone else is anonymous-less and rejected. Authorization is the test's.
+	config.GenericConfig.Authentication.Authenticator = authenticator.RequestFunc(func(*http.Request) (*authenticator.Response, bool, error) {
+		return nil, false, nil
+	})
+	config.GenericConfig.Authorization.Authorizer = authz
 	srv, err := config.Complete().New()
 	if err != nil {
 		cancel()
@@ -88,4 +97,47 @@ func startServer(t *testing.T) *testServer {
 		t.Fatalf("server never became ready on port %s: %v", strconv.Itoa(options.RecommendedOptions.SecureServing.BindPort), err)
 	}
 	return &testServer{config: clientConfig, client: client}
+}
+
+// usePermissions authorizes everything for system:masters, and everything but the `use` verb for
+// other users; `use` is allowed on the pools listed for the user, as "namespace/name".
+type usePermissions map[string][]string
+
+func (p usePermissions) Authorize(ctx context.Context, attrs authorizer.Attributes) (authorizer.Decision, string, error) {
+	for _, group := range attrs.GetUser().GetGroups() {
+		if group == "system:masters" {
+			return authorizer.DecisionAllow, "", nil
+		}
+	}
+	if attrs.GetVerb() != "use" {
+		return authorizer.DecisionAllow, "", nil
+	}
+	if attrs.GetAPIGroup() == "pvpool.puppet.com" && attrs.GetResource() == "pools" {
+		for _, pool := range p[attrs.GetUser().GetName()] {
+			if pool == attrs.GetNamespace()+"/"+attrs.GetName() {
+				return authorizer.DecisionAllow, "", nil
+			}
+		}
+	}
+	return authorizer.DecisionNoOpinion, "no RBAC rule allows it", nil
+}
+
+// clientAs is a clientset for user, impersonated by the loopback client.
+func (s *testServer) clientAs(t *testing.T, user string) clientset.Interface {
+	t.Helper()
+	config := rest.CopyConfig(s.config)
+	config.Impersonate = rest.ImpersonationConfig{UserName: user, Groups: []string{"system:authenticated"}}
+	client, err := clientset.NewForConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+func (p usePermissions) ConditionsAwareAuthorize(ctx context.Context, attrs authorizer.Attributes) authorizer.ConditionsAwareDecision {
+	return authorizer.ConditionsAwareDecisionFromParts(p.Authorize(ctx, attrs))
+}
+
+func (p usePermissions) EvaluateConditions(context.Context, authorizer.ConditionsAwareDecision, authorizer.ConditionsData) (authorizer.Decision, string, error) {
+	return authorizer.DecisionDeny, "", authorizer.ErrorConditionEvaluationNotSupported
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
@@ -17,13 +19,19 @@ import (
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 	"k8s.io/apiserver/pkg/util/compatibility"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	basecompatibility "k8s.io/component-base/compatibility"
+	componentbaseconfig "k8s.io/component-base/config"
+	componentbaseoptions "k8s.io/component-base/config/options"
 	baseversion "k8s.io/component-base/version"
 	"k8s.io/klog/v2"
 	netutils "k8s.io/utils/net"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
 	"github.com/pvpool/pvpool/pkg/apiserver"
+	poolcontroller "github.com/pvpool/pvpool/pkg/controller/pool"
 	"github.com/pvpool/pvpool/pkg/embeddedetcd"
 	generatedopenapi "github.com/pvpool/pvpool/pkg/generated/openapi"
 )
@@ -41,6 +49,16 @@ type Options struct {
 	// AlternateDNS are extra names for the self-signed serving certificate.
 	AlternateDNS []string
 
+	// LeaderElection elects the replica that runs the pool and checkout controllers.
+	LeaderElection componentbaseconfig.LeaderElectionConfiguration
+	// Pool configures the pool controller.
+	Pool poolcontroller.Options
+	// ControllerWorkers is the number of concurrent reconciles per controller.
+	ControllerWorkers int
+	// KubeAPIQPS and KubeAPIBurst limit the requests to kube-apiserver of the handout and controllers.
+	KubeAPIQPS   float32
+	KubeAPIBurst int
+
 	StdOut io.Writer
 	StdErr io.Writer
 }
@@ -54,8 +72,21 @@ func NewOptions(out, errOut io.Writer) *Options {
 		),
 		ComponentGlobalsRegistry: compatibility.DefaultComponentGlobalsRegistry,
 		DataDir:                  "/var/lib/pvpool-apiserver",
-		StdOut:                   out,
-		StdErr:                   errOut,
+		LeaderElection: componentbaseconfig.LeaderElectionConfiguration{
+			LeaderElect:       true,
+			LeaseDuration:     metav1.Duration{Duration: 15 * time.Second},
+			RenewDeadline:     metav1.Duration{Duration: 10 * time.Second},
+			RetryPeriod:       metav1.Duration{Duration: 2 * time.Second},
+			ResourceLock:      resourcelock.LeasesResourceLock,
+			ResourceName:      "pvpool-controllers",
+			ResourceNamespace: metav1.NamespaceSystem,
+		},
+		Pool:              poolcontroller.Options{BinderImage: "busybox:stable-musl"},
+		ControllerWorkers: 4,
+		KubeAPIQPS:        200,
+		KubeAPIBurst:      400,
+		StdOut:            out,
+		StdErr:            errOut,
 	}
 	_, _ = o.ComponentGlobalsRegistry.ComponentGlobalsOrRegister(basecompatibility.DefaultKubeComponent,
 		basecompatibility.NewEffectiveVersionFromString(baseversion.DefaultKubeBinaryVersion, "", ""),
@@ -89,6 +120,13 @@ func NewCommand(ctx context.Context, o *Options) *cobra.Command {
 	o.RecommendedOptions.AddFlags(flags)
 	flags.StringVar(&o.DataDir, "data-dir", o.DataDir,
 		"Directory of the embedded etcd, used when --etcd-servers is empty (single replica only).")
+	componentbaseoptions.BindLeaderElectionFlags(&o.LeaderElection, flags)
+	flags.StringVar(&o.Pool.BinderImage, "binder-image", o.Pool.BinderImage,
+		"Image of the pod that binds a WaitForFirstConsumer replica of a pool without an init job.")
+	flags.IntVar(&o.ControllerWorkers, "controller-workers", o.ControllerWorkers,
+		"Concurrent reconciles of the pool and checkout controllers.")
+	flags.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "Queries per second to kube-apiserver for handouts and controllers.")
+	flags.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of queries to kube-apiserver for handouts and controllers.")
 	o.ComponentGlobalsRegistry.AddFlags(flags)
 	return cmd
 }
@@ -154,7 +192,24 @@ func (o *Options) Config(ctx context.Context) (*apiserver.Config, func(), error)
 		stop()
 		return nil, func() {}, err
 	}
-	return &apiserver.Config{GenericConfig: serverConfig}, stop, nil
+	config := &apiserver.Config{GenericConfig: serverConfig}
+	if serverConfig.ClientConfig != nil {
+		kubeConfig := rest.CopyConfig(serverConfig.ClientConfig)
+		kubeConfig.QPS, kubeConfig.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+		kubeClient, err := kubernetes.NewForConfig(kubeConfig)
+		if err != nil {
+			stop()
+			return nil, func() {}, err
+		}
+		config.ExtraConfig.Controllers = apiserver.ControllerConfig{
+			KubeClient:     kubeClient,
+			KubeInformers:  serverConfig.SharedInformerFactory,
+			LeaderElection: o.LeaderElection,
+			Pool:           o.Pool,
+			Workers:        o.ControllerWorkers,
+		}
+	}
+	return config, stop, nil
 }
 
 // Run serves until ctx is done, then stops the server and its embedded etcd.
