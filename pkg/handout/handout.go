@@ -114,6 +114,19 @@ func (h *Handout) Acquire(ctx context.Context, checkout *v1alpha1.Checkout, wait
 	}
 	unlock := h.lockPool(PoolKey(checkout))
 	defer unlock()
+	// The caller's copy may be older than an outcome another caller recorded while this one waited
+	// for the lock.
+	current, err := h.pvpool.PvpoolV1alpha1().Checkouts(checkout.Namespace).Get(ctx, checkout.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if current.UID != checkout.UID {
+		return &Outcome{Checkout: checkout}, nil
+	}
+	if current.DeletionTimestamp != nil {
+		return &Outcome{Checkout: current}, nil
+	}
+	checkout = current
 
 	claimName := ClaimName(checkout)
 	claim, err := h.kube.CoreV1().PersistentVolumeClaims(checkout.Namespace).Get(ctx, claimName, metav1.GetOptions{})

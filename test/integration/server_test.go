@@ -12,9 +12,13 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/pvpool/pvpool/pkg/apiserver"
 	"github.com/pvpool/pvpool/pkg/cmd/server"
+	poolcontroller "github.com/pvpool/pvpool/pkg/controller/pool"
 	clientset "github.com/pvpool/pvpool/pkg/generated/clientset/versioned"
 )
 
@@ -26,6 +30,12 @@ type testServer struct {
 }
 
 func startServer(t *testing.T, authz authorizer.Authorizer) *testServer {
+	return startServerWithKube(t, authz, nil)
+}
+
+// startServerWithKube starts the server with its handout and controllers acting on kube, a fake
+// Kubernetes clientset standing in for kube-apiserver (nil: no handout, checkouts are only stored).
+func startServerWithKube(t *testing.T, authz authorizer.Authorizer, kube kubernetes.Interface) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 
@@ -62,6 +72,13 @@ func startServer(t *testing.T, authz authorizer.Authorizer) *testServer {
 		return nil, false, nil
 	})
 	config.GenericConfig.Authorization.Authorizer = authz
+	if kube != nil {
+		config.ExtraConfig.Controllers = apiserver.ControllerConfig{
+			KubeClient:    kube,
+			KubeInformers: informers.NewSharedInformerFactory(kube, 0),
+			Pool:          poolcontroller.Options{BinderImage: "busybox:stable-musl"},
+		}
+	}
 	srv, err := config.Complete().New()
 	if err != nil {
 		cancel()
