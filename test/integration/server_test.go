@@ -2,8 +2,8 @@ package integration
 
 import (
 	"context"
-	"net/http"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"testing"
