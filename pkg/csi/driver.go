@@ -138,6 +138,7 @@ func (d *Driver) Serve(ctx context.Context, endpoint string) error {
 		srv.GracefulStop()
 	}()
 	err = srv.Serve(lis)
+	_ = os.Remove(path)
 	if agentStop != nil {
 		agentStop()
 	}
