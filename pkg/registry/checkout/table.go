@@ -25,7 +25,7 @@ var columns = []metav1.TableColumnDefinition{
 type TableConvertor struct{}
 
 func (TableConvertor) ConvertToTable(ctx context.Context, object runtime.Object, tableOptions runtime.Object) (*metav1.Table, error) {
-	return table.Convert(object, columns, func(obj runtime.Object) ([]interface{}, error) {
+	converted, err := table.Convert(object, columns, func(obj runtime.Object) ([]interface{}, error) {
 		checkout := obj.(*pvpool.Checkout)
 		acquired := "<unknown>"
 		for _, condition := range checkout.Status.Conditions {
@@ -47,6 +47,7 @@ func (TableConvertor) ConvertToTable(ctx context.Context, object runtime.Object,
 			strings.Join(modes, ","),
 		}, nil
 	})
+	return table.ApplyOptions(converted, tableOptions), err
 }
 
 func orNone(s string) string {

@@ -23,7 +23,7 @@ var columns = []metav1.TableColumnDefinition{
 type TableConvertor struct{}
 
 func (TableConvertor) ConvertToTable(ctx context.Context, object runtime.Object, tableOptions runtime.Object) (*metav1.Table, error) {
-	return table.Convert(object, columns, func(obj runtime.Object) ([]interface{}, error) {
+	converted, err := table.Convert(object, columns, func(obj runtime.Object) ([]interface{}, error) {
 		pool := obj.(*pvpool.Pool)
 		var replicas int64
 		if pool.Spec.Replicas != nil {
@@ -44,4 +44,5 @@ func (TableConvertor) ConvertToTable(ctx context.Context, object runtime.Object,
 			settled,
 		}, nil
 	})
+	return table.ApplyOptions(converted, tableOptions), err
 }

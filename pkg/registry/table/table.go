@@ -51,3 +51,12 @@ func Age(timestamp metav1.Time) string {
 	}
 	return duration.HumanDuration(time.Since(timestamp.Time))
 }
+
+// ApplyOptions honours the request's TableOptions: watches ask for the column definitions once, with
+// the first event, and NoHeaders on every later one.
+func ApplyOptions(table *metav1.Table, tableOptions runtime.Object) *metav1.Table {
+	if options, ok := tableOptions.(*metav1.TableOptions); ok && options.NoHeaders && table != nil {
+		table.ColumnDefinitions = nil
+	}
+	return table
+}

@@ -120,3 +120,16 @@ func TestAge(t *testing.T) {
 		})
 	}
 }
+
+func TestApplyOptionsDropsHeadersOnlyWhenAsked(t *testing.T) {
+	columns := []metav1.TableColumnDefinition{{Name: "Name"}}
+	if got := ApplyOptions(&metav1.Table{ColumnDefinitions: columns}, &metav1.TableOptions{NoHeaders: true}); got.ColumnDefinitions != nil {
+		t.Errorf("NoHeaders kept the columns: %v", got.ColumnDefinitions)
+	}
+	if got := ApplyOptions(&metav1.Table{ColumnDefinitions: columns}, &metav1.TableOptions{}); len(got.ColumnDefinitions) != 1 {
+		t.Errorf("columns dropped without NoHeaders")
+	}
+	if got := ApplyOptions(&metav1.Table{ColumnDefinitions: columns}, nil); len(got.ColumnDefinitions) != 1 {
+		t.Errorf("columns dropped without options")
+	}
+}
