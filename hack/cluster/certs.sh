@@ -46,7 +46,7 @@ kind: Config
 clusters:
 - name: pvpool
   cluster:
-    server: https://127.0.0.1:${APISERVER_PORT}
+    server: https://127.0.0.1:${KUBE_APISERVER_PORT}
     certificate-authority-data: $(base64 -w0 "${PKI_DIR}/ca.crt")
 users:
 - name: ${cert}

@@ -120,7 +120,7 @@ start_control_plane() {
 
   start_process kube-apiserver "$(tool kube-apiserver)" \
     --etcd-servers="http://127.0.0.1:${ETCD_CLIENT_PORT}" \
-    --bind-address=127.0.0.1 --secure-port="${APISERVER_PORT}" \
+    --bind-address=127.0.0.1 --secure-port="${KUBE_APISERVER_PORT}" \
     --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
     --tls-cert-file="${PKI_DIR}/apiserver.crt" --tls-private-key-file="${PKI_DIR}/apiserver.key" \
     --client-ca-file="${PKI_DIR}/ca.crt" \
@@ -145,7 +145,7 @@ start_control_plane() {
     --proxy-client-key-file="${PKI_DIR}/front-proxy-client.key" \
     --enable-aggregator-routing=false \
     --profiling=false --v=1
-  wait_for kube-apiserver 120 "kube-apiserver /readyz" https_ok "https://127.0.0.1:${APISERVER_PORT}/readyz"
+  wait_for kube-apiserver 120 "kube-apiserver /readyz" https_ok "https://127.0.0.1:${KUBE_APISERVER_PORT}/readyz"
 
   start_process kube-controller-manager "$(tool kube-controller-manager)" \
     --kubeconfig="${KUBECONFIG_DIR}/kube-controller-manager.kubeconfig" \
@@ -329,7 +329,7 @@ deploy_snapshot_support() {
     crd/volumesnapshotclasses.snapshot.storage.k8s.io >/dev/null
   SNAPSHOT_CONTROLLER_METRICS_PORT="${PVPOOL_SNAPSHOT_CONTROLLER_METRICS_PORT:-10280}"
   render "${REPO_ROOT}/artifacts/cluster/snapshot-controller.yaml" \
-    EXTERNAL_SNAPSHOTTER_VERSION APISERVER_PORT SNAPSHOT_CONTROLLER_METRICS_PORT |
+    EXTERNAL_SNAPSHOTTER_VERSION KUBE_APISERVER_PORT SNAPSHOT_CONTROLLER_METRICS_PORT |
     kubectl_admin apply -f - >/dev/null
   log "snapshot CRDs and snapshot-controller applied"
 }
@@ -349,8 +349,8 @@ deploy_pvpool_apiserver() {
   PVPOOL_APISERVER_IMAGE_SUM="$(cat "${IMAGES_DIR}/pvpool-apiserver.tar.imported")"
   PVPOOL_APISERVER_DATA_DIR="${STATE_DIR}/pvpool-apiserver"
   render "${REPO_ROOT}/artifacts/apiserver/apiserver.yaml" PVPOOL_NAMESPACE PVPOOL_APISERVER_SERVICE \
-    PVPOOL_APISERVER_PORT PVPOOL_APISERVER_CA_BUNDLE PVPOOL_APISERVER_IMAGE PVPOOL_APISERVER_IMAGE_SUM \
-    PVPOOL_APISERVER_DATA_DIR APISERVER_PORT | kubectl_admin apply -f - >/dev/null
+    AGGREGATED_APISERVER_PORT PVPOOL_APISERVER_CA_BUNDLE PVPOOL_APISERVER_IMAGE PVPOOL_APISERVER_IMAGE_SUM \
+    PVPOOL_APISERVER_DATA_DIR KUBE_APISERVER_PORT | kubectl_admin apply -f - >/dev/null
   if ! kubectl_admin -n "${PVPOOL_NAMESPACE}" rollout status deployment/pvpool-apiserver --timeout=120s >&2; then
     kubectl_admin -n "${PVPOOL_NAMESPACE}" logs deployment/pvpool-apiserver --tail=40 >&2 || true
     die "pvpool-apiserver did not become ready"

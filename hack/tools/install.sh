@@ -156,7 +156,11 @@ build_tool() {
     fi
     mkdir -p "${dest}"
     # Progress for long builds: a heartbeat line every minute.
-    (while sleep 60; do log "  ... still building ${tool} ($((SECONDS - start)) s)"; done) &
+    # The ticker must not inherit the lock (fd 9), or the lock outlives the build by up to a minute.
+    (
+      exec 9>&-
+      while sleep 60; do log "  ... still building ${tool} ($((SECONDS - start)) s)"; done
+    ) &
     local ticker=$!
     trap 'kill ${ticker} 2>/dev/null || true' EXIT
     go build -trimpath -ldflags "${LDFLAGS}" -o "${dest}/${tool}.tmp" "${PKG}"

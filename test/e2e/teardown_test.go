@@ -28,7 +28,7 @@ func TestTeardown(t *testing.T) {
 		t.Fatalf("no PID files under %s: is the cluster up?", c.stateDir)
 	}
 	ports := []int{
-		envPort("PVPOOL_APISERVER_PORT", 6443), envPort("PVPOOL_ETCD_CLIENT_PORT", 12379),
+		envPort("PVPOOL_KUBE_APISERVER_PORT", 6443), envPort("PVPOOL_ETCD_CLIENT_PORT", 12379),
 		envPort("PVPOOL_ETCD_PEER_PORT", 12380), envPort("PVPOOL_CONTROLLER_MANAGER_PORT", 10257),
 		envPort("PVPOOL_SCHEDULER_PORT", 10259), envPort("PVPOOL_KUBELET_PORT", 10250),
 		envPort("PVPOOL_KUBELET_HEALTHZ_PORT", 10248), envPort("PVPOOL_AGGREGATED_APISERVER_PORT", 8443),
