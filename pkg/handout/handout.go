@@ -25,6 +25,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -360,13 +361,12 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 	}
 
 	volume, err = h.updateVolume(ctx, volume.Name, func(volume *corev1.PersistentVolume) bool {
-		ref := volume.Spec.ClaimRef
-		if ref != nil && ref.UID == claim.UID {
-			return false
-		}
-		volume.Spec.ClaimRef = &corev1.ObjectReference{
-			Kind: claimKind, APIVersion: "v1",
-			Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID, ResourceVersion: claim.ResourceVersion,
+		before := volume.DeepCopy()
+		if ref := volume.Spec.ClaimRef; ref == nil || ref.UID != claim.UID {
+			volume.Spec.ClaimRef = &corev1.ObjectReference{
+				Kind: claimKind, APIVersion: "v1",
+				Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID, ResourceVersion: claim.ResourceVersion,
+			}
 		}
 		if original, ok := volume.Annotations[replica.AnnotationOriginalReclaimPolicy]; ok {
 			volume.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimPolicy(original)
@@ -377,7 +377,7 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 		}
 		delete(volume.Annotations, annBoundByController)
 		delete(volume.Labels, replica.LabelCheckoutUID)
-		return true
+		return !apiequality.Semantic.DeepEqual(before, volume)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pointing volume %s at claim %s/%s: %w", volume.Name, claim.Namespace, claim.Name, err)
@@ -567,6 +567,16 @@ func IsAcquired(checkout *v1alpha1.Checkout) bool {
 	for _, condition := range checkout.Status.Conditions {
 		if condition.Type == v1alpha1.CheckoutAcquired {
 			return condition.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// IsWaiting tells whether a checkout's status records that it waits for a volume.
+func IsWaiting(checkout *v1alpha1.Checkout) bool {
+	for _, condition := range checkout.Status.Conditions {
+		if condition.Type == v1alpha1.CheckoutAcquired {
+			return condition.Status != corev1.ConditionTrue
 		}
 	}
 	return false

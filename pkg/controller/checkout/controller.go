@@ -141,13 +141,15 @@ func (c *Controller) needsWork(checkout *v1alpha1.Checkout) bool {
 	return apierrors.IsNotFound(err) || (err == nil && !metav1.IsControlledBy(claim, checkout))
 }
 
-// WaitingAhead tells whether checkouts of the same pool created before checkout are still waiting,
-// so the synchronous path does not serve a newcomer before them.
+// WaitingAhead tells whether checkouts of the same pool created before checkout are waiting, so the
+// synchronous path does not serve a newcomer before them.
 func (c *Controller) WaitingAhead(checkout *v1alpha1.Checkout) bool {
 	return WaitingAhead(c.indexer, checkout)
 }
 
-// WaitingAhead is Controller.WaitingAhead on an indexer that has AddIndexers' indexes.
+// WaitingAhead is Controller.WaitingAhead on an indexer that has AddIndexers' indexes. Only checkouts
+// whose status records that they wait count: one whose create request is still handing out is not
+// waiting, and competes for the pool's replicas like this one.
 func WaitingAhead(indexer cache.Indexer, checkout *v1alpha1.Checkout) bool {
 	others, err := indexer.ByIndex(byPool, handout.PoolKey(checkout))
 	if err != nil {
@@ -155,7 +157,7 @@ func WaitingAhead(indexer cache.Indexer, checkout *v1alpha1.Checkout) bool {
 	}
 	for _, obj := range others {
 		other := obj.(*v1alpha1.Checkout)
-		if other.UID == checkout.UID || other.DeletionTimestamp != nil || handout.IsAcquired(other) {
+		if other.UID == checkout.UID || other.DeletionTimestamp != nil || !handout.IsWaiting(other) {
 			continue
 		}
 		if other.CreationTimestamp.Before(&checkout.CreationTimestamp) {
