@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	clienttesting "k8s.io/client-go/testing"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
@@ -714,4 +715,68 @@ func actionName(action clienttesting.Action) string {
 		}
 	}
 	return ""
+}
+
+// TestRunFillsPoolThroughEvents goes through the informers' event handlers and the work queue: the
+// pool is reconciled as its objects change, without calling sync.
+func TestRunFillsPoolThroughEvents(t *testing.T) {
+	f := newFixtureWithClock(t, clock.RealClock{}, storageClass("immediate", storagev1.VolumeBindingImmediate))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.c.Run(f.ctx, 2)
+	}()
+	t.Cleanup(func() {
+		f.cancel()
+		<-done
+	})
+
+	pool := newPool("running", 3, withInitJob(batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "init", Image: "busybox:stable-musl"}}}}}, "workspace"))
+	// Through the tracker: the generated fake's field manager has no schema for Pool, so it refuses
+	// creates through the typed client.
+	if err := f.pvpool.Tracker().Add(pool); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "3 claims with init jobs", func() bool { return len(f.claims(pool)) == 3 && len(f.jobs()) == 3 })
+	for _, claim := range f.claims(pool) {
+		f.bind(claim)
+	}
+	for _, job := range f.jobs() {
+		f.finishJob(job, batchv1.JobComplete)
+	}
+	waitFor(t, "pool settled with 3 available replicas", func() bool {
+		got := f.pool(pool.Name)
+		return got.Status.AvailableReplicas == 3 && condition(got, v1alpha1.PoolSettlement).Reason == "Settled"
+	})
+	if jobs := f.jobs(); len(jobs) != 0 {
+		t.Errorf("jobs %v remain after they succeeded", names2(jobs))
+	}
+
+	// A checkout takes one replica (the handout annotates, then deletes it): the pool refills.
+	taken := f.claims(pool)[0]
+	taken.Annotations[replica.AnnotationCheckout] = replica.CheckoutKey("app", "c", "uid-c")
+	f.updateClaim(&taken)
+	if err := f.kube.CoreV1().PersistentVolumeClaims(testNamespace).Delete(f.ctx, taken.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a replacement replica with its init job", func() bool {
+		claims := f.claims(pool)
+		return len(claims) == 3 && !contains(names(claims), taken.Name) && len(f.jobs()) == 1
+	})
+	time.Sleep(200 * time.Millisecond)
+	if n := len(f.claims(pool)); n != 3 {
+		t.Errorf("%d claims after the refill settled, want 3", n)
+	}
+}
+
+func waitFor(t *testing.T, what string, condition func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !condition() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

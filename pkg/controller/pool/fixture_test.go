@@ -23,6 +23,7 @@ import (
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 	testingclock "k8s.io/utils/clock/testing"
 	"k8s.io/utils/ptr"
 
@@ -43,6 +44,7 @@ var testStart = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 type fixture struct {
 	t        *testing.T
 	ctx      context.Context
+	cancel   context.CancelFunc
 	kube     *kubefake.Clientset
 	pvpool   *fake.Clientset
 	recorder *record.FakeRecorder
@@ -52,6 +54,13 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T, objects ...runtime.Object) *fixture {
+	t.Helper()
+	return newFixtureWithClock(t, testingclock.NewFakeClock(testStart), objects...)
+}
+
+// newFixtureWithClock gives the controller clock; the workqueue runs on it too, so tests that go
+// through Run need a real one.
+func newFixtureWithClock(t *testing.T, clock clock.WithTicker, objects ...runtime.Object) *fixture {
 	t.Helper()
 	var kubeObjects, pvpoolObjects []runtime.Object
 	for _, obj := range objects {
@@ -66,11 +75,12 @@ func newFixture(t *testing.T, objects ...runtime.Object) *fixture {
 	f := &fixture{
 		t:        t,
 		ctx:      ctx,
+		cancel:   cancel,
 		kube:     kubefake.NewClientset(kubeObjects...),
 		pvpool:   fake.NewClientset(pvpoolObjects...),
 		recorder: record.NewFakeRecorder(1000),
-		clock:    testingclock.NewFakeClock(testStart),
 	}
+	f.clock, _ = clock.(*testingclock.FakeClock)
 	// The fake API server neither generates names nor sets UIDs and creation times; the controller
 	// relies on all three.
 	stamp := func(action clienttesting.Action) (bool, runtime.Object, error) {
@@ -97,7 +107,7 @@ func newFixture(t *testing.T, objects ...runtime.Object) *fixture {
 	c, err := NewController(f.kube, f.pvpool, kubeInformers, pvpoolInformers, f.recorder, Options{
 		FailureBackoff:    10 * time.Second,
 		MaxFailureBackoff: 40 * time.Second,
-		Clock:             f.clock,
+		Clock:             clock,
 	})
 	if err != nil {
 		t.Fatal(err)
