@@ -50,7 +50,6 @@ type fixture struct {
 	recorder *record.FakeRecorder
 	clock    *testingclock.FakeClock
 	c        *Controller
-	serial   atomic.Int64
 }
 
 func newFixture(t *testing.T, objects ...runtime.Object) *fixture {
@@ -81,26 +80,7 @@ func newFixtureWithClock(t *testing.T, clock clock.WithTicker, objects ...runtim
 		recorder: record.NewFakeRecorder(1000),
 	}
 	f.clock, _ = clock.(*testingclock.FakeClock)
-	// The fake API server neither generates names nor sets UIDs and creation times; the controller
-	// relies on all three.
-	stamp := func(action clienttesting.Action) (bool, runtime.Object, error) {
-		obj, ok := action.(clienttesting.CreateAction).GetObject().(metav1.Object)
-		if !ok {
-			return false, nil, nil
-		}
-		n := f.serial.Add(1)
-		if obj.GetName() == "" && obj.GetGenerateName() != "" {
-			obj.SetName(fmt.Sprintf("%s%05d", obj.GetGenerateName(), n))
-		}
-		if obj.GetUID() == "" {
-			obj.SetUID(types.UID(fmt.Sprintf("uid-%s-%d", obj.GetName(), n)))
-		}
-		if ts := obj.GetCreationTimestamp(); ts.IsZero() {
-			obj.SetCreationTimestamp(metav1.NewTime(testStart.Add(time.Duration(n) * time.Second)))
-		}
-		return false, nil, nil
-	}
-	f.kube.PrependReactor("create", "*", stamp)
+	f.kube.PrependReactor("create", "*", generateNames())
 
 	kubeInformers := informers.NewSharedInformerFactory(f.kube, 0)
 	pvpoolInformers := externalversions.NewSharedInformerFactory(f.pvpool, 0)
@@ -131,6 +111,29 @@ func newFixtureWithClock(t *testing.T, clock clock.WithTicker, objects ...runtim
 		}
 	}
 	return f
+}
+
+// generateNames returns a reactor that does what the fake API server does not and the controller
+// relies on: generate names, set UIDs and creation times (one second apart, in creation order).
+func generateNames() clienttesting.ReactionFunc {
+	var serial atomic.Int64
+	return func(action clienttesting.Action) (bool, runtime.Object, error) {
+		obj, ok := action.(clienttesting.CreateAction).GetObject().(metav1.Object)
+		if !ok {
+			return false, nil, nil
+		}
+		n := serial.Add(1)
+		if obj.GetName() == "" && obj.GetGenerateName() != "" {
+			obj.SetName(fmt.Sprintf("%s%05d", obj.GetGenerateName(), n))
+		}
+		if obj.GetUID() == "" {
+			obj.SetUID(types.UID(fmt.Sprintf("uid-%s-%d", obj.GetName(), n)))
+		}
+		if ts := obj.GetCreationTimestamp(); ts.IsZero() {
+			obj.SetCreationTimestamp(metav1.NewTime(testStart.Add(time.Duration(n) * time.Second)))
+		}
+		return false, nil, nil
+	}
 }
 
 // settle waits until every lister shows exactly what the fake API server holds.
