@@ -254,8 +254,9 @@ func TestTakenReplicasAreNeitherCountedNorTouched(t *testing.T) {
 
 func TestInitJobIsCreatedWithTheClaimAndLimits(t *testing.T) {
 	pool := newPool("init", 1, withInitJob(batchv1.JobSpec{
-		BackoffLimit:          ptr.To(int32(50)),
-		ActiveDeadlineSeconds: ptr.To(int64(3600)),
+		BackoffLimit:            ptr.To(int32(50)),
+		ActiveDeadlineSeconds:   ptr.To(int64(3600)),
+		TTLSecondsAfterFinished: ptr.To(int32(0)),
 		Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 			RestartPolicy: corev1.RestartPolicyOnFailure,
 			Containers: []corev1.Container{{Name: "init", Image: "busybox:stable-musl",
@@ -284,6 +285,9 @@ func TestInitJobIsCreatedWithTheClaimAndLimits(t *testing.T) {
 	}
 	if got := ptr.Deref(job.Spec.ActiveDeadlineSeconds, -1); got != 600 {
 		t.Errorf("activeDeadlineSeconds %d, want capped to 600", got)
+	}
+	if job.Spec.TTLSecondsAfterFinished != nil {
+		t.Errorf("ttlSecondsAfterFinished %d kept: the job could vanish before the controller sees it succeed", *job.Spec.TTLSecondsAfterFinished)
 	}
 	podSpec := job.Spec.Template.Spec
 	if podSpec.RestartPolicy != corev1.RestartPolicyNever {
@@ -546,6 +550,10 @@ func TestWaitForFirstConsumerClaimsGetABinderJob(t *testing.T) {
 	}
 	if owner := metav1.GetControllerOf(&job); owner == nil || owner.UID != claim.UID {
 		t.Errorf("binder job controlled by %+v, want the claim", owner)
+	}
+	if sc := podSpec.SecurityContext; sc == nil || !ptr.Deref(sc.RunAsNonRoot, false) || container.SecurityContext == nil ||
+		ptr.Deref(container.SecurityContext.AllowPrivilegeEscalation, true) {
+		t.Errorf("binder pod security %+v / %+v, want non-root without privilege escalation", sc, container.SecurityContext)
 	}
 
 	// Bound while the binder pod still runs: not yet handed out.

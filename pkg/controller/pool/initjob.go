@@ -30,6 +30,7 @@ const (
 	binderBackoff     = int32(2)
 	binderDeadline    = int64(300)
 	labelValueMaxHash = 8
+	nobody            = int64(65534)
 )
 
 // jobName derives the name of claim's job of the given role. Job names end up in pod labels, so they
@@ -98,6 +99,9 @@ func newInitJob(pool *v1alpha1.Pool, claim *corev1.PersistentVolumeClaim) *batch
 	// The init job's pods are all the pool's: a retry must not restart a container in place on a
 	// half-written volume, it fails the pod and the Job counts it against backoffLimit.
 	spec.Template.Spec.RestartPolicy = corev1.RestartPolicyNever
+	// The controller deletes the job once it has seen it succeed; a job removed earlier by its TTL
+	// would look never run, and run again.
+	spec.TTLSecondsAfterFinished = nil
 	setClaimVolume(&spec.Template.Spec, volumeName, claim.Name)
 	return job
 }
@@ -106,10 +110,17 @@ func newInitJob(pool *v1alpha1.Pool, claim *corev1.PersistentVolumeClaim) *batch
 // a node for it and the provisioner then creates the volume. It mounts the claim (or maps it, for
 // Block claims) so that the volume is also staged once before it is handed out.
 func newBinderJob(claim *corev1.PersistentVolumeClaim, options *Options) *batchv1.Job {
+	// The pod only has to be scheduled and started: it runs as nobody with nothing allowed, so that
+	// it is admitted under the restricted Pod Security Standard too.
 	container := corev1.Container{
-		Name:    "bind",
-		Image:   options.BinderImage,
-		Command: append([]string(nil), options.BinderCommand...),
+		Name:            "bind",
+		Image:           options.BinderImage,
+		ImagePullPolicy: corev1.PullIfNotPresent,
+		Command:         append([]string(nil), options.BinderCommand...),
+		SecurityContext: &corev1.SecurityContext{
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
 	}
 	if claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode == corev1.PersistentVolumeBlock {
 		container.VolumeDevices = []corev1.VolumeDevice{{Name: binderVolumeName, DevicePath: binderDevicePath}}
@@ -137,7 +148,13 @@ func newBinderJob(claim *corev1.PersistentVolumeClaim, options *Options) *batchv
 				Spec: corev1.PodSpec{
 					RestartPolicy:                 corev1.RestartPolicyNever,
 					TerminationGracePeriodSeconds: ptr.To(int64(0)),
-					Containers:                    []corev1.Container{container},
+					SecurityContext: &corev1.PodSecurityContext{
+						RunAsNonRoot:   ptr.To(true),
+						RunAsUser:      ptr.To(nobody),
+						RunAsGroup:     ptr.To(nobody),
+						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+					},
+					Containers: []corev1.Container{container},
 				},
 			},
 		},
