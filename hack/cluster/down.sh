@@ -86,7 +86,8 @@ detach_loop_devices() {
   local dev back
   while read -r dev back; do
     [[ -n "${dev}" ]] || continue
-    if [[ "${back}" == "${STATE_DIR}"/* ]]; then
+    # The CSI node plugin names its files by their paths inside its container.
+    if [[ "${back}" == "${STATE_DIR}"/* || "${back}" == /run/pvpool-csi/* || "${back}" == /var/lib/pvpool-csi/* ]]; then
       log "detaching ${dev} (${back})"
       losetup -d "${dev}" 2>/dev/null || true
     fi

@@ -366,10 +366,15 @@ deploy_storage() {
   BACKING_DIR="${STATE_DIR}/backing"
   mkdir -p "${BACKING_DIR}"
   if [[ -d "${REPO_ROOT}/artifacts/csi" ]] && compgen -G "${REPO_ROOT}/artifacts/csi/*.yaml" >/dev/null; then
-    # CSI manifests are written for a standard kubelet root; this cluster's lives in the state dir.
+    # CSI manifests are written for a standard host. Here the kubelet root lives in the state dir (the
+    # plugin sees kubelet's paths, so inside and outside change alike), and so do the plugin's own host
+    # directories (only the hostPath side changes), so `make down` finds and removes all of it.
     local f
     for f in "${REPO_ROOT}"/artifacts/csi/*.yaml; do
-      sed -e "s#/var/lib/kubelet#${KUBELET_ROOT}#g" "${f}" | kubectl_admin apply -f - >/dev/null
+      sed -e "s#/var/lib/kubelet#${KUBELET_ROOT}#g" \
+        -e "s#^\(\s*path:\s*\)/run/pvpool-csi#\1${STATE_DIR}/csi/run#" \
+        -e "s#^\(\s*path:\s*\)/var/lib/pvpool-csi#\1${STATE_DIR}/csi/lib#" \
+        "${f}" | kubectl_admin apply -f - >/dev/null
     done
     log "artifacts/csi applied (kubelet root ${KUBELET_ROOT})"
   else
