@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -786,5 +787,26 @@ func waitFor(t *testing.T, what string, condition func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestTerminatingNamespaceAndDeletedPoolAreNotRetried(t *testing.T) {
+	pool := newPool("ending", 2)
+	f := newFixture(t, pool, storageClass("immediate", storagev1.VolumeBindingImmediate))
+	f.kube.PrependReactor("create", "persistentvolumeclaims", func(clienttesting.Action) (bool, runtime.Object, error) {
+		err := apierrors.NewForbidden(schema.GroupResource{Resource: "persistentvolumeclaims"}, "ending-",
+			errors.New("unable to create new content in namespace storage because it is being terminated"))
+		err.ErrStatus.Details.Causes = []metav1.StatusCause{{Type: corev1.NamespaceTerminatingCause, Field: "metadata.namespace"}}
+		return true, nil, err
+	})
+	f.pvpool.PrependReactor("update", "pools", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewNotFound(v1alpha1.Resource("pools"), pool.Name)
+	})
+	f.settle()
+	if requeue, err := f.c.sync(f.ctx, testNamespace, pool.Name); err != nil || requeue != 0 {
+		t.Errorf("sync returned %v, %v; want no retry for a namespace and pool on their way out", requeue, err)
+	}
+	if events := f.events(); hasEvent(events, "Normal PoolScaling") {
+		t.Errorf("events %q report replicas the namespace refused", events)
 	}
 }

@@ -161,6 +161,8 @@ func (c *Controller) sync(ctx context.Context, namespace, name string) (time.Dur
 		err := results[i]
 		var invalidErr invalidError
 		switch {
+		case errors.Is(err, errNamespaceTerminating):
+			continue
 		case errors.As(err, &invalidErr):
 			invalid = invalidErr.Error()
 			continue

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -212,6 +213,10 @@ func (c *Controller) templateProblem(ctx context.Context, pool *v1alpha1.Pool) (
 	return "", nil
 }
 
+// errNamespaceTerminating: a write was refused because the namespace, and the pool with it, is
+// going away. Nothing to retry, nothing done.
+var errNamespaceTerminating = errors.New("namespace is terminating")
+
 // invalidError is a write the API server rejected as invalid: retrying will not help until the pool
 // changes.
 type invalidError struct{ err error }
@@ -223,6 +228,10 @@ func (c *Controller) createClaim(ctx context.Context, pool *v1alpha1.Pool) error
 	created, err := c.kubeClient.CoreV1().PersistentVolumeClaims(pool.Namespace).Create(ctx, newReplicaClaim(pool), metav1.CreateOptions{})
 	if apierrors.IsInvalid(err) {
 		return invalidError{fmt.Errorf("creating a replica claim: %w", err)}
+	}
+	if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+		// The namespace, and the pool with it, is going away: nothing to retry.
+		return errNamespaceTerminating
 	}
 	if err != nil {
 		return fmt.Errorf("creating a replica claim: %w", err)

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool"
@@ -120,6 +121,10 @@ func (c *Controller) updateStatus(ctx context.Context, pool *v1alpha1.Pool, stat
 	updated := pool.DeepCopy()
 	updated.Status = status
 	_, err := c.pvpoolClient.PvpoolV1alpha1().Pools(pool.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		// Deleted meanwhile; its delete event brings the controller back.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("updating pool status: %w", err)
 	}
