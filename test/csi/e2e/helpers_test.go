@@ -36,7 +36,10 @@ const (
 	timeout       = 3 * time.Minute
 )
 
-var snapshotGVR = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
+var (
+	snapshotGVR = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
+	contentGVR  = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotcontents"}
+)
 
 type cluster struct {
 	client  kubernetes.Interface
@@ -302,6 +305,25 @@ func (c *cluster) deleteSnapshot(t *testing.T, ns, name string) {
 		_, err := c.dynamic.Resource(snapshotGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 		return err
 	}, "snapshot "+name)
+	// A snapshot recreated under the same name must not meet its predecessor's content, which the
+	// snapshot controller deletes after the snapshot itself.
+	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		contents, err := c.dynamic.Resource(contentGVR).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, content := range contents.Items {
+			refNS, _, _ := unstructured.NestedString(content.Object, "spec", "volumeSnapshotRef", "namespace")
+			refName, _, _ := unstructured.NestedString(content.Object, "spec", "volumeSnapshotRef", "name")
+			if refNS == ns && refName == name {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("content of snapshot %s/%s not deleted: %v", ns, name, err)
+	}
 }
 
 func fromClaim(name string) *corev1.TypedLocalObjectReference {

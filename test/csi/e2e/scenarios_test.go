@@ -128,6 +128,27 @@ func (c *cluster) waitCapacity(t *testing.T, ns, name string, size int64) {
 	}
 }
 
+func (c *cluster) waitVolumeCapacity(t *testing.T, ns, name string, size int64) {
+	t.Helper()
+	want := resource.NewQuantity(size, resource.BinarySI)
+	err := wait.PollUntilContextTimeout(t.Context(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		pvc, err := c.client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		got := pv.Spec.Capacity[corev1.ResourceStorage]
+		return got.Cmp(*want) >= 0, nil
+	})
+	if err != nil {
+		c.dumpEvents(t, ns)
+		t.Fatalf("volume of %s/%s did not reach %d bytes: %v", ns, name, size, err)
+	}
+}
+
 // TestExpand: Block and Filesystem claims grow; pods started afterwards see the new size and the data.
 func TestExpand(t *testing.T) {
 	c := requireCluster(t)
@@ -147,7 +168,9 @@ func TestExpand(t *testing.T) {
 	fs := podVolume{claim: "fs", path: "/data"}
 	c.run(t, ns, busybox, "echo pvpool > /data/file", fs)
 	c.resize(t, ns, "fs", 256*mi)
-	// Filesystems grow when next staged.
+	// The image grows while no pod uses the claim (the resizer then updates the volume); the filesystem
+	// grows when next staged.
+	c.waitVolumeCapacity(t, ns, "fs", 256*mi)
 	out = lines(t, c.run(t, ns, busybox, "df -k /data | tail -1 | awk '{print $2}'; cat /data/file", fs), 2)
 	if kb, _ := strconv.ParseInt(out[0], 10, 64); kb*1024 < 200*mi || out[1] != "pvpool" {
 		t.Errorf("after filesystem expansion: %s KiB, data %q", out[0], out[1])
