@@ -284,7 +284,7 @@ func (c *Controller) claimAdded(obj interface{}) {
 		return
 	}
 	if key, ok := poolOf(claim); ok {
-		c.inflight.observeCreated(key, claim.Name)
+		c.inflight.observeCreated(key, claim.Name, claim.CreationTimestamp.Time)
 		if claim.DeletionTimestamp != nil {
 			c.inflight.observeDeleted(key, claim.UID)
 		}

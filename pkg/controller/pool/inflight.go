@@ -26,6 +26,9 @@ type inflight struct {
 type poolInflight struct {
 	// created holds names of claims created but not yet seen in the cache.
 	created map[string]time.Time
+	// observed holds names of new claims the cache showed before their create call returned, so
+	// that recording the create afterwards does not make a claim that is already gone look unseen.
+	observed map[string]time.Time
 	// deleted holds UIDs of claims deleted but still shown alive in the cache.
 	deleted map[types.UID]time.Time
 }
@@ -37,7 +40,7 @@ func newInflight(clock clock.PassiveClock) *inflight {
 func (f *inflight) poolLocked(key string) *poolInflight {
 	p, ok := f.pools[key]
 	if !ok {
-		p = &poolInflight{created: map[string]time.Time{}, deleted: map[types.UID]time.Time{}}
+		p = &poolInflight{created: map[string]time.Time{}, observed: map[string]time.Time{}, deleted: map[types.UID]time.Time{}}
 		f.pools[key] = p
 	}
 	return p
@@ -46,7 +49,12 @@ func (f *inflight) poolLocked(key string) *poolInflight {
 func (f *inflight) created(key, name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.poolLocked(key).created[name] = f.clock.Now()
+	p := f.poolLocked(key)
+	if _, seen := p.observed[name]; seen {
+		delete(p.observed, name)
+		return
+	}
+	p.created[name] = f.clock.Now()
 }
 
 func (f *inflight) deleted(key string, uid types.UID) {
@@ -55,11 +63,19 @@ func (f *inflight) deleted(key string, uid types.UID) {
 	f.poolLocked(key).deleted[uid] = f.clock.Now()
 }
 
-func (f *inflight) observeCreated(key, name string) {
+// observeCreated notes that the cache shows a claim created at creationTime.
+func (f *inflight) observeCreated(key, name string, creationTime time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if p, ok := f.pools[key]; ok {
-		delete(p.created, name)
+		if _, pending := p.created[name]; pending {
+			delete(p.created, name)
+			return
+		}
+	}
+	// Only a claim this young can have a create call still on its way back.
+	if now := f.clock.Now(); now.Sub(creationTime) < inflightTTL {
+		f.poolLocked(key).observed[name] = now
 	}
 }
 
@@ -111,7 +127,12 @@ func (f *inflight) pending(key string, cachedNames map[string]bool, aliveUIDs ma
 		deleting[uid] = true
 		noteExpiry(at)
 	}
-	if len(p.created) == 0 && len(p.deleted) == 0 {
+	for name, at := range p.observed {
+		if now.Sub(at) >= inflightTTL {
+			delete(p.observed, name)
+		}
+	}
+	if len(p.created) == 0 && len(p.deleted) == 0 && len(p.observed) == 0 {
 		delete(f.pools, key)
 	}
 	return unseenCreates, deleting, expiresIn

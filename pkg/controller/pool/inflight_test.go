@@ -82,3 +82,23 @@ func TestStaleCacheDoesNotCreateReplicasTwice(t *testing.T) {
 		t.Fatalf("%d claims after the unconfirmed creations expired, want 5 (1 seen + 2 made again + 2 never seen)", n)
 	}
 }
+
+// TestInflightCacheAheadOfCreateCall covers the informer showing a new claim before its create call
+// returned: once the claim is gone again it must not be counted as still on its way.
+func TestInflightCacheAheadOfCreateCall(t *testing.T) {
+	clock := testingclock.NewFakeClock(testStart)
+	f := newInflight(clock)
+	f.observeCreated("ns/pool", "pool-fast", clock.Now())
+	f.created("ns/pool", "pool-fast")
+	f.created("ns/pool", "pool-slow")
+	unseen, _, _ := f.pending("ns/pool", map[string]bool{}, nil)
+	if unseen != 1 {
+		t.Errorf("%d creations unseen, want 1 (only pool-slow)", unseen)
+	}
+
+	// An old claim showing up (initial list, resync) is not remembered.
+	f.observeCreated("ns/other", "other-old", testStart.Add(-time.Hour))
+	if _, ok := f.pools["ns/other"]; ok {
+		t.Error("an old claim was recorded as freshly created")
+	}
+}

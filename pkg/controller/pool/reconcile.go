@@ -42,14 +42,12 @@ func (c *Controller) sync(ctx context.Context, namespace, name string) (time.Dur
 		desired = *pool.Spec.Replicas
 	}
 
-	claims, err := c.replicaClaims(pool)
+	claims, cached, err := c.replicaClaims(pool)
 	if err != nil {
 		return 0, c.updateStatus(ctx, pool, c.status(pool, desired, 0, 0, settlementInput{invalid: err.Error()}))
 	}
-	cached := make(map[string]bool, len(claims))
 	alive := make(map[types.UID]bool, len(claims))
 	for _, claim := range claims {
-		cached[claim.Name] = true
 		if claim.DeletionTimestamp == nil {
 			alive[claim.UID] = true
 		}

@@ -45,23 +45,27 @@ type replicaView struct {
 }
 
 // replicaClaims lists pool's replicas: claims matching its selector that it controls and that no
-// handout has taken.
-func (c *Controller) replicaClaims(pool *v1alpha1.Pool) ([]*corev1.PersistentVolumeClaim, error) {
+// handout has taken. cached names every claim the pool controls, taken or not.
+func (c *Controller) replicaClaims(pool *v1alpha1.Pool) (replicas []*corev1.PersistentVolumeClaim, cached map[string]bool, err error) {
 	selector, err := metav1.LabelSelectorAsSelector(pool.Spec.Selector)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	claims, err := c.claimLister.PersistentVolumeClaims(pool.Namespace).List(selector)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var owned []*corev1.PersistentVolumeClaim
+	cached = map[string]bool{}
 	for _, claim := range claims {
-		if replica.OwnedBy(pool, claim) && !replica.IsTaken(claim) {
-			owned = append(owned, claim)
+		if !replica.OwnedBy(pool, claim) {
+			continue
+		}
+		cached[claim.Name] = true
+		if !replica.IsTaken(claim) {
+			replicas = append(replicas, claim)
 		}
 	}
-	return owned, nil
+	return replicas, cached, nil
 }
 
 // newReplicaClaim builds a new replica claim from pool's template, controlled by the pool.
