@@ -2,6 +2,33 @@
 // available (bound and, if the pool has one, initialized by its init job) and reports the pool's
 // status. The handout (pkg/handout) takes available replicas away; the contract between the two is
 // pkg/replica.
+//
+// A replica is a claim made from spec.template (generateName "<pool>-"), controlled by the Pool. A
+// claim that a handout took (replica.IsTaken) is no longer a replica: it is never counted, updated or
+// deleted. A replica goes through:
+//
+//   - initializing: with spec.initJob, the Job "<claim>-init" (owned by the claim) runs with the claim
+//     as pod volume spec.initJob.volumeName; without one, a claim of a WaitForFirstConsumer class
+//     gets the Job "<claim>-bind", whose pod only mounts the claim so that it gets provisioned;
+//   - available: bound, its job (if any) succeeded; the controller sets replica.AnnotationAvailable,
+//     then deletes the job and its pods;
+//   - stale: its job failed, the claim is Lost, or its volume is gone or Failed. The claim (and its
+//     job) is deleted and replaced; replacements after failed jobs back off per pool, exponentially.
+//
+// All creates and deletes a reconcile needs run in parallel. Scale-down removes replicas not yet
+// available first, then the newest. Deletes carry the claim's UID and resourceVersion, so a claim a
+// handout took after the controller read it is never deleted.
+//
+// Status: replicas counts the live (not deleting, not taken) replicas, availableReplicas the available
+// ones. Condition Available follows PVPool: True (MinimumReplicasAvailable) as soon as one replica can
+// be checked out; False with NoReplicasRequested when spec.replicas is 0, or
+// MinimumReplicasUnavailable when none is available. Condition Settlement: True/Settled when the pool
+// holds exactly spec.replicas replicas, all available; False/Invalid when replicas cannot be made (the
+// template's storage class does not exist, the API server rejects the claim or the init job as
+// invalid); Unknown/InitJobFailed while replicas whose jobs failed are being replaced with backoff;
+// Unknown/Settling otherwise. lastTransitionTime moves only when a condition's status does. Events:
+// PoolScaling ("Created N replicas", "Deleted N replicas"), StaleReplica (warning, per replaced
+// replica), Invalid (warning).
 package pool
 
 import (

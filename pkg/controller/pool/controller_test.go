@@ -810,3 +810,54 @@ func TestTerminatingNamespaceAndDeletedPoolAreNotRetried(t *testing.T) {
 		t.Errorf("events %q report replicas the namespace refused", events)
 	}
 }
+
+// TestCrashAfterMarkingAvailableDeletesTheLeftoverJob: the controller stopped between marking the
+// replica available and deleting its init job; the next reconcile only deletes the job.
+func TestCrashAfterMarkingAvailableDeletesTheLeftoverJob(t *testing.T) {
+	pool := newPool("crashed", 1, withInitJob(batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "init", Image: "busybox:stable-musl"}}}}}, "workspace"))
+	f := newFixture(t, pool, storageClass("immediate", storagev1.VolumeBindingImmediate))
+	f.sync(pool.Name)
+	f.sync(pool.Name)
+	claim := f.bind(f.claims(pool)[0])
+	job := f.jobs()[0]
+	f.finishJob(job, batchv1.JobComplete)
+	claim.Annotations[replica.AnnotationAvailable] = "true"
+	f.updateClaim(&claim)
+	f.kube.ClearActions()
+
+	f.sync(pool.Name)
+	if jobs := f.jobs(); len(jobs) != 0 {
+		t.Errorf("jobs %v left after the replica was available", names2(jobs))
+	}
+	for _, action := range f.kube.Actions() {
+		if action.GetResource().Resource == "persistentvolumeclaims" && action.GetVerb() != "get" && action.GetVerb() != "list" && action.GetVerb() != "watch" {
+			t.Errorf("unexpected %s of claims", action.GetVerb())
+		}
+	}
+	if got := f.pool(pool.Name).Status; got.AvailableReplicas != 1 {
+		t.Errorf("status %+v, want 1 available", got)
+	}
+}
+
+// TestInitJobFailedSurvivesARestart: a new controller does not remember the failures, but the pool's
+// Settlement stays InitJobFailed until the pool settles.
+func TestInitJobFailedSurvivesARestart(t *testing.T) {
+	pool := newPool("restarted", 1, withInitJob(batchv1.JobSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "init", Image: "busybox:stable-musl"}}}}}, "workspace"))
+	pool.Status.Conditions = []v1alpha1.PoolCondition{{Type: v1alpha1.PoolSettlement, Status: corev1.ConditionUnknown,
+		Reason: "InitJobFailed", Message: "A replica could not be initialized: job x failed", LastTransitionTime: metav1.NewTime(testStart)}}
+	f := newFixture(t, pool, storageClass("immediate", storagev1.VolumeBindingImmediate))
+	f.sync(pool.Name)
+	if c := condition(f.pool(pool.Name), v1alpha1.PoolSettlement); c.Reason != "InitJobFailed" || !strings.Contains(c.Message, "job x failed") {
+		t.Errorf("Settlement %+v after a restart, want the InitJobFailed condition kept", c)
+	}
+	f.sync(pool.Name)
+	f.bind(f.claims(pool)[0])
+	f.finishJob(f.jobs()[0], batchv1.JobComplete)
+	f.sync(pool.Name)
+	f.sync(pool.Name)
+	if c := condition(f.pool(pool.Name), v1alpha1.PoolSettlement); c.Reason != "Settled" {
+		t.Errorf("Settlement %+v once the replica is available, want Settled", c)
+	}
+}
