@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make down`: stops everything hack/cluster/up.sh started (by recorded PID) and removes what the cluster
 # left on the host: pod sandboxes and their network namespaces, mounts under the state dir, loop devices
-# backed by files under it, kubepods cgroups, the bridge, and finally the state dir itself.
+# backed by files under it, its cgroups, the bridge, and finally the state dir itself.
 # Safe to run when nothing is up, and more than once.
 set -euo pipefail
 
@@ -49,10 +49,10 @@ remove_sandboxes() {
   fi
 }
 
-# Processes still in the kubelet's pod cgroups belong to this cluster's containers.
+# Processes still in this cluster's cgroup root belong to its containers.
 kill_pod_processes() {
   local procs pid
-  procs="$(find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)" || true
+  procs="$(find /sys/fs/cgroup/*"${CGROUP_ROOT}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)" || true
   for pid in ${procs}; do
     kill -KILL "${pid}" 2>/dev/null || true
   done
@@ -117,7 +117,7 @@ unmount_state() {
 
 remove_cgroups() {
   local dir
-  for dir in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+  for dir in /sys/fs/cgroup/*"${CGROUP_ROOT}"; do
     [[ -d "${dir}" ]] || continue
     find "${dir}" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done

@@ -14,6 +14,9 @@ NODE_NAME="${PVPOOL_NODE_NAME:-pvpool-node}"
 BRIDGE_NAME="${PVPOOL_BRIDGE:-pvpool0}"
 POD_SUBNET="${PVPOOL_POD_SUBNET:-10.244.0.0/24}"
 NODE_IP="${PVPOOL_NODE_IP:-10.244.0.1}"
+# kubelet's cgroup root (cgroupfs driver, cgroup v1): pods live under <root>/kubepods in every hierarchy,
+# so `make down` removes exactly this cluster's cgroups.
+CGROUP_ROOT="${PVPOOL_CGROUP_ROOT:-/pvpool}"
 SERVICE_CIDR="${PVPOOL_SERVICE_CIDR:-10.96.0.0/16}"
 KUBERNETES_SERVICE_IP="${PVPOOL_KUBERNETES_SERVICE_IP:-10.96.0.1}"
 
@@ -44,6 +47,11 @@ die() {
   log "ERROR: $*"
   exit 1
 }
+
+# A cgroup root of "/" would make `make down` treat every container on the host as the cluster's.
+if [[ ! "${CGROUP_ROOT}" =~ ^(/[A-Za-z0-9._-]+)+$ ]]; then
+  die "PVPOOL_CGROUP_ROOT must be a dedicated cgroup path such as /pvpool, not '${CGROUP_ROOT}'"
+fi
 
 tool() { "${REPO_ROOT}/hack/tools/install.sh" --path "$1"; }
 

@@ -257,6 +257,11 @@ start_kubelet() {
     mount --bind "${KUBELET_ROOT}" "${KUBELET_ROOT}"
   fi
   mount --make-rshared "${KUBELET_ROOT}"
+  # kubelet requires its cgroup root to exist in every hierarchy.
+  local hierarchy
+  for hierarchy in /sys/fs/cgroup/*/; do
+    mkdir -p "${hierarchy%/}${CGROUP_ROOT}"
+  done
   cat >"${STATE_DIR}/kubelet-config.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -279,6 +284,7 @@ authorization:
 containerRuntimeEndpoint: unix://${CONTAINERD_SOCK}
 # This VM has cgroup v1 only and swap settings kubelet would otherwise refuse.
 cgroupDriver: cgroupfs
+cgroupRoot: ${CGROUP_ROOT}
 failCgroupV1: false
 failSwapOn: false
 podLogsDir: ${LOG_DIR}/pods
@@ -374,6 +380,7 @@ deploy_storage() {
       sed -e "s#/var/lib/kubelet#${KUBELET_ROOT}#g" \
         -e "s#^\(\s*path:\s*\)/run/pvpool-csi#\1${STATE_DIR}/csi/run#" \
         -e "s#^\(\s*path:\s*\)/var/lib/pvpool-csi#\1${STATE_DIR}/csi/lib#" \
+        -e "/name: KUBERNETES_SERVICE_PORT/{n;s/value: .*/value: \"${KUBE_APISERVER_PORT}\"/}" \
         "${f}" | kubectl_admin apply -f - >/dev/null
     done
     log "artifacts/csi applied (kubelet root ${KUBELET_ROOT})"

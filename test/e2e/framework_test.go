@@ -132,7 +132,16 @@ func (c *cluster) namespace(t *testing.T, prefix string) string {
 			return apierrors.IsNotFound(err), nil
 		})
 		if err != nil {
-			t.Errorf("namespace %s still exists after 2 minutes", ns.Name)
+			// The namespace controller says why (e.g. an aggregated API it cannot list or delete from).
+			var reasons []string
+			if left, getErr := c.client.CoreV1().Namespaces().Get(ctx, ns.Name, metav1.GetOptions{}); getErr == nil {
+				for _, cond := range left.Status.Conditions {
+					if cond.Status == corev1.ConditionTrue {
+						reasons = append(reasons, fmt.Sprintf("%s: %s", cond.Type, cond.Message))
+					}
+				}
+			}
+			t.Errorf("namespace %s still exists after 2 minutes: %s", ns.Name, strings.Join(reasons, "; "))
 		}
 	})
 	return ns.Name

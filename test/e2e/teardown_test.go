@@ -73,8 +73,8 @@ func TestTeardown(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/sys/class/net", bridge)); err == nil {
 		t.Errorf("bridge %s still exists", bridge)
 	}
-	if procs, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods"); len(procs) > 0 {
-		t.Errorf("kubepods cgroups left: %v", procs)
+	if left, _ := filepath.Glob("/sys/fs/cgroup/*" + envOr("PVPOOL_CGROUP_ROOT", "/pvpool")); len(left) > 0 {
+		t.Errorf("cgroups left: %v", left)
 	}
 }
 
