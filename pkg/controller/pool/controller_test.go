@@ -861,3 +861,26 @@ func TestInitJobFailedSurvivesARestart(t *testing.T) {
 		t.Errorf("Settlement %+v once the replica is available, want Settled", c)
 	}
 }
+
+// TestReplicaThatCannotBeAssessedStillCounts: when the volume of a bound replica cannot be read,
+// the replica is left alone, not replaced by an extra one.
+func TestReplicaThatCannotBeAssessedStillCounts(t *testing.T) {
+	pool := newPool("unreadable", 1)
+	f := newFixture(t, pool, storageClass("immediate", storagev1.VolumeBindingImmediate))
+	f.sync(pool.Name)
+	claim := f.claims(pool)[0]
+	// Bound to a volume the cache does not know, and the server cannot be asked about it.
+	claim.Spec.VolumeName = "pv-unreachable"
+	claim.Status.Phase = corev1.ClaimBound
+	f.updateClaim(&claim)
+	f.kube.PrependReactor("get", "persistentvolumes", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewServiceUnavailable("try later")
+	})
+	f.settle()
+	if _, err := f.c.sync(f.ctx, testNamespace, pool.Name); err == nil {
+		t.Error("sync hid the error reading the volume")
+	}
+	if claims := f.claims(pool); len(claims) != 1 {
+		t.Errorf("claims %v, want the one replica only", names(claims))
+	}
+}

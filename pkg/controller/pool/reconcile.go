@@ -15,6 +15,7 @@ import (
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool"
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
+	"github.com/pvpool/pvpool/pkg/replica"
 )
 
 // sync reconciles one pool: it replaces stale replicas, scales the pool up or down, moves
@@ -67,7 +68,9 @@ func (c *Controller) sync(ctx context.Context, namespace, name string) (time.Dur
 		}
 		view, err := c.assess(ctx, pool, claim)
 		if err != nil {
+			// Still a replica, only left alone this time: not counting it would create another.
 			assessed = append(assessed, err)
+			active = append(active, &replicaView{claim: claim, available: claim.Annotations[replica.AnnotationAvailable] == "true"})
 			continue
 		}
 		if view.staleReason != "" {
