@@ -428,6 +428,26 @@ func TestAPI(t *testing.T) {
 		}
 	})
 
+	t.Run("clients preferring protobuf get JSON", func(t *testing.T) {
+		// kube-controller-manager's namespace deleter lists and deletes collections asking for protobuf
+		// first; an encoding error there would keep namespaces with pools from ever being deleted.
+		for _, verb := range []string{"GET", "DELETE"} {
+			result := s.client.Discovery().RESTClient().Verb(verb).
+				AbsPath("/apis/pvpool.puppet.com/v1alpha1/namespaces/team-a/checkouts").
+				SetHeader("Accept", "application/vnd.kubernetes.protobuf, application/json").Do(ctx)
+			var contentType string
+			result.ContentType(&contentType)
+			if err := result.Error(); err != nil {
+				t.Errorf("%s with protobuf preferred: %v", verb, err)
+			} else if !strings.HasPrefix(contentType, "application/json") {
+				t.Errorf("%s with protobuf preferred answered %q", verb, contentType)
+			}
+		}
+		if list, err := s.client.PvpoolV1alpha1().Checkouts("team-a").List(ctx, metav1.ListOptions{}); err != nil || len(list.Items) != 0 {
+			t.Errorf("delete collection left %v (%v)", list, err)
+		}
+	})
+
 	t.Run("discovery, OpenAPI and health endpoints", func(t *testing.T) {
 		resources, err := s.client.Discovery().ServerResourcesForGroupVersion("pvpool.puppet.com/v1alpha1")
 		if err != nil {
