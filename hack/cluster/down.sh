@@ -63,7 +63,7 @@ kill_shims() {
   local dir pid
   for dir in /proc/[0-9]*; do
     pid="${dir#/proc/}"
-    if tr "\\0" " " 2>/dev/null <"${dir}/cmdline" | grep -qF -- "-address ${CONTAINERD_SOCK} "; then
+    if tr "\\0" " " 2>/dev/null <"${dir}/cmdline" | grep -F -- "-address ${CONTAINERD_SOCK} " >/dev/null; then
       log "stopping containerd shim ${pid}"
       kill -TERM "${pid}" 2>/dev/null || true
     fi

@@ -47,7 +47,7 @@ install_packages() {
   local missing=() p
   # shellcheck disable=SC2086
   for p in ${CLUSTER_APT_PACKAGES}; do
-    if ! dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed"; then
+    if ! dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep "install ok installed" >/dev/null; then
       missing+=("${p}")
     fi
   done
@@ -103,7 +103,7 @@ wait_for() {
 
 https_ok() {
   curl -sf --cacert "${PKI_DIR}/ca.crt" --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" "$1" |
-    grep -qx ok
+    grep -x ok >/dev/null
 }
 
 # ---------------------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ setup_node_network() {
     ip link add "${BRIDGE_NAME}" type bridge
   fi
   local prefix="${POD_SUBNET#*/}"
-  if ! ip -4 addr show dev "${BRIDGE_NAME}" | grep -q "inet ${NODE_IP}/"; then
+  if ! ip -4 addr show dev "${BRIDGE_NAME}" | grep "inet ${NODE_IP}/" >/dev/null; then
     ip addr add "${NODE_IP}/${prefix}" dev "${BRIDGE_NAME}"
   fi
   ip link set "${BRIDGE_NAME}" up
@@ -368,6 +368,20 @@ deploy_pvpool_apiserver() {
   log "APIService v1alpha1.pvpool.puppet.com Available"
 }
 
+# restart_workloads_of <image>: a rebuilt image keeps its tag, so pods of Deployments and DaemonSets
+# running it are rolled when this run imported a new build.
+restart_workloads_of() {
+  local image="$1"
+  [[ " ${IMPORTED_REFS[*]:-} " == *" ${image} "* ]] || return 0
+  local kind_name namespace images
+  while read -r kind_name namespace images; do
+    [[ " ${images} " == *" ${image} "* ]] || continue
+    log "restarting ${namespace}/${kind_name} for the new ${image}"
+    kubectl_admin -n "${namespace}" rollout restart "${kind_name}" >/dev/null
+  done < <(kubectl_admin get deployments,daemonsets -A -o \
+    jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.namespace} {.spec.template.spec.containers[*].image}{"\n"}{end}')
+}
+
 deploy_storage() {
   BACKING_DIR="${STATE_DIR}/backing"
   mkdir -p "${BACKING_DIR}"
@@ -384,6 +398,7 @@ deploy_storage() {
         "${f}" | kubectl_admin apply -f - >/dev/null
     done
     log "artifacts/csi applied (kubelet root ${KUBELET_ROOT})"
+    restart_workloads_of "${CSI_IMAGE}"
   else
     log "no artifacts/csi/*.yaml yet: CSI plugin not deployed"
   fi

@@ -29,6 +29,9 @@ CSI_HOST_BINS=(/usr/bin/qemu-img /usr/bin/qemu-io /usr/bin/qemu-storage-daemon /
   /usr/sbin/blockdev /usr/bin/findmnt /usr/sbin/mkfs.ext4 /usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/resize2fs
   /usr/sbin/tune2fs /usr/sbin/mkfs.xfs /usr/sbin/xfs_growfs /usr/sbin/xfs_repair /usr/sbin/fsck.ext4 /usr/sbin/wipefs)
 
+# Images (re)imported by this run: workloads running an older build of the same tag are restarted.
+IMPORTED_REFS=()
+
 imagebuild() {
   local bin="${STATE_DIR}/bin/imagebuild"
   if [[ ! -x "${bin}" ]]; then
@@ -43,12 +46,13 @@ import_image() {
   local sum
   sum="$(sha256sum "${archive}" | cut -d' ' -f1)"
   if [[ -f "${archive}.imported" && "$(cat "${archive}.imported")" == "${sum}" ]] &&
-    ctr_k8s images ls -q | grep -qxF "${ref}"; then
+    ctr_k8s images ls -q | grep -xF -- "${ref}" >/dev/null; then
     log "image ${ref} up to date"
     return 0
   fi
   ctr_k8s images import --no-unpack=false "${archive}" >/dev/null
   echo "${sum}" >"${archive}.imported"
+  IMPORTED_REFS+=("${ref}")
   log "imported ${ref}"
 }
 
