@@ -82,16 +82,27 @@ remove_netns() {
   done
 }
 
+# FUSE file systems mounted inside this cluster's pods (the CSI plugin exports volumes through FUSE and
+# backs loop devices with them). Their device numbers identify the loop devices that are the cluster's
+# even though the kernel names the backing files by their paths inside the containers.
+POD_FUSE_DEVICES=" "
+collect_pod_fuse_devices() {
+  local pid
+  for pid in $(find /sys/fs/cgroup/*"${CGROUP_ROOT}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u); do
+    POD_FUSE_DEVICES+="$(awk '{ for (i = 7; i <= NF; i++) if ($i == "-") break; if ($(i + 1) ~ /^fuse/) printf "%s ", $3 }' \
+      "/proc/${pid}/mountinfo" 2>/dev/null) "
+  done
+}
+
 detach_loop_devices() {
-  local dev back
-  while read -r dev back; do
+  local dev majmin back
+  while read -r dev majmin back; do
     [[ -n "${dev}" ]] || continue
-    # The CSI node plugin names its files by their paths inside its container.
-    if [[ "${back}" == "${STATE_DIR}"/* || "${back}" == /run/pvpool-csi/* || "${back}" == /var/lib/pvpool-csi/* ]]; then
+    if [[ "${back}" == "${STATE_DIR}"/* || "${POD_FUSE_DEVICES}" == *" ${majmin} "* ]]; then
       log "detaching ${dev} (${back})"
       losetup -d "${dev}" 2>/dev/null || true
     fi
-  done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+  done < <(losetup -l -n -O NAME,BACK-MAJ:MIN,BACK-FILE 2>/dev/null)
 }
 
 mounts_under_state() {
@@ -125,6 +136,7 @@ remove_cgroups() {
 
 main() {
   drain_workloads
+  collect_pod_fuse_devices
   stop_pid kubelet 30
   remove_sandboxes
   kill_pod_processes
