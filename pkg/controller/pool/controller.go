@@ -11,7 +11,7 @@
 //     as pod volume spec.initJob.volumeName; without one, a claim of a WaitForFirstConsumer class
 //     gets the Job "<claim>-bind", whose pod only mounts the claim so that it gets provisioned;
 //   - available: bound, its job (if any) succeeded; the controller sets replica.AnnotationAvailable,
-//     then deletes the job and its pods;
+//     then, once its cache shows the claim available, deletes the job and its pods;
 //   - stale: its job failed, the claim is Lost, or its volume is gone or Failed. The claim (and its
 //     job) is deleted and replaced; replacements after failed jobs back off per pool, exponentially.
 //

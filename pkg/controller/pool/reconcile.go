@@ -206,11 +206,13 @@ func (c *Controller) sync(ctx context.Context, namespace, name string) (time.Dur
 			}
 		}
 	}
+	cleaning := false
 	for _, view := range active {
 		replicas++
 		if view.available {
 			available++
 		}
+		cleaning = cleaning || view.cleanup
 	}
 	replicas += int32(unseenCreates) + created
 	available += marked
@@ -219,7 +221,7 @@ func (c *Controller) sync(ctx context.Context, namespace, name string) (time.Dur
 		desired:   desired,
 		replicas:  replicas,
 		available: available,
-		busy:      len(stale) > 0 || len(victims) > 0 || len(deleting) > 0 || unseenCreates > 0 || created > 0,
+		busy:      len(stale) > 0 || len(victims) > 0 || len(deleting) > 0 || unseenCreates > 0 || created > 0 || cleaning,
 		invalid:   invalid,
 	}
 	if failing {

@@ -34,6 +34,9 @@ type replicaView struct {
 	available bool
 	// becomesAvailable: next marks the claim available.
 	becomesAvailable bool
+	// cleanup: next deletes the finished job of an available replica, or, with becomesAvailable,
+	// a later reconcile will.
+	cleanup bool
 
 	// staleReason is set when the replica must be replaced; jobFailed when that is because its job
 	// failed, which backs off the pool's replacements.
@@ -101,7 +104,8 @@ func (c *Controller) assess(ctx context.Context, pool *v1alpha1.Pool, claim *cor
 	bound := claim.Status.Phase == corev1.ClaimBound && claim.Spec.VolumeName != ""
 	if claim.Annotations[replica.AnnotationAvailable] == "true" {
 		view.available = true
-		// Jobs left behind by a crash between marking the claim and deleting its job.
+		// The job is deleted only once the cache shows the claim available: a reconcile reading a
+		// claim older than its job could otherwise find the job gone and run it again.
 		var leftover []*batchv1.Job
 		for _, role := range []string{jobRoleInit, jobRoleBind} {
 			if job, state := c.jobFor(claim, role); state != jobMissing && state != jobForeign && job.DeletionTimestamp == nil {
@@ -109,6 +113,7 @@ func (c *Controller) assess(ctx context.Context, pool *v1alpha1.Pool, claim *cor
 			}
 		}
 		if len(leftover) > 0 {
+			view.cleanup = true
 			view.next = func(ctx context.Context) error {
 				for _, job := range leftover {
 					if err := c.deleteJob(ctx, job); err != nil {
@@ -128,8 +133,8 @@ func (c *Controller) assess(ctx context.Context, pool *v1alpha1.Pool, claim *cor
 			view.next = func(ctx context.Context) error { return c.createJob(ctx, newInitJob(pool, claim)) }
 		case jobSucceeded:
 			if bound {
-				view.becomesAvailable = true
-				view.next = func(ctx context.Context) error { return c.markAvailable(ctx, claim, job) }
+				view.becomesAvailable, view.cleanup = true, true
+				view.next = func(ctx context.Context) error { return c.markAvailable(ctx, claim) }
 			}
 		case jobFailed:
 			view.staleReason, view.staleMessage, view.jobFailed = staleInitJobFailed, jobFailure(job), true
@@ -141,8 +146,8 @@ func (c *Controller) assess(ctx context.Context, pool *v1alpha1.Pool, claim *cor
 	if bound {
 		// The binder pod may still be using the volume; the volume goes out once it is done.
 		if state != jobRunning && state != jobForeign {
-			view.becomesAvailable = true
-			view.next = func(ctx context.Context) error { return c.markAvailable(ctx, claim, job) }
+			view.becomesAvailable, view.cleanup = true, job != nil
+			view.next = func(ctx context.Context) error { return c.markAvailable(ctx, claim) }
 		}
 		return view, nil
 	}
@@ -273,10 +278,10 @@ func (c *Controller) deleteJob(ctx context.Context, job *batchv1.Job) error {
 	return nil
 }
 
-// markAvailable records on claim that it may be handed out, then removes its finished job. The
-// update carries the claim's resourceVersion: if a handout touched the claim meanwhile it fails
-// with a conflict and the next reconcile looks again.
-func (c *Controller) markAvailable(ctx context.Context, claim *corev1.PersistentVolumeClaim, job *batchv1.Job) error {
+// markAvailable records on claim that it may be handed out; its finished job goes in a later
+// reconcile. The update carries the claim's resourceVersion: if a handout touched the claim
+// meanwhile it fails with a conflict and the next reconcile looks again.
+func (c *Controller) markAvailable(ctx context.Context, claim *corev1.PersistentVolumeClaim) error {
 	updated := claim.DeepCopy()
 	if updated.Annotations == nil {
 		updated.Annotations = map[string]string{}
@@ -286,10 +291,7 @@ func (c *Controller) markAvailable(ctx context.Context, claim *corev1.Persistent
 		return fmt.Errorf("marking replica %s available: %w", claim.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Replica is available", "claim", klog.KObj(claim))
-	if job == nil {
-		return nil
-	}
-	return c.deleteJob(ctx, job)
+	return nil
 }
 
 // deleteReplica deletes claim's jobs, whose pods would keep the claim in use, then the claim. The

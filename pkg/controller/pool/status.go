@@ -51,7 +51,8 @@ func availableCondition(desired, available int32) v1alpha1.PoolCondition {
 // settlementInput is what a reconcile learnt about how far the pool is from its steady state.
 type settlementInput struct {
 	desired, replicas, available int32
-	// busy: this reconcile deleted or replaced replicas.
+	// busy: this reconcile created, deleted or replaced replicas, or finished jobs of available
+	// replicas are still to be removed.
 	busy bool
 	// invalid explains why replicas cannot be made (the template's class is missing, the API
 	// server rejects the claim or job); "" if they can.
