@@ -24,7 +24,12 @@ if cluster_up; then
   timings+=("$(printf '%5ss  make up (refresh)' "$((SECONDS - t))")")
 else
   t=${SECONDS}
-  hack/cluster/up.sh
+  if ! hack/cluster/up.sh; then
+    # Leave nothing running behind a failed start.
+    log "make up failed; tearing down what it started"
+    hack/cluster/down.sh || true
+    exit 1
+  fi
   brought_up=1
   timings+=("$(printf '%5ss  make up' "$((SECONDS - t))")")
 fi
