@@ -370,16 +370,22 @@ deploy_pvpool_apiserver() {
 
 # restart_workloads_of <image>: a rebuilt image keeps its tag, so pods of Deployments and DaemonSets
 # running it are rolled when this run imported a new build.
+# Workloads created by this run start with the new image anyway: only those in <existing> are rolled.
+list_workloads() {
+  kubectl_admin get deployments,daemonsets -A -o \
+    jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.namespace} {.spec.template.spec.containers[*].image}{"\n"}{end}'
+}
+
 restart_workloads_of() {
-  local image="$1"
+  local image="$1" existing="$2"
   [[ " ${IMPORTED_REFS[*]:-} " == *" ${image} "* ]] || return 0
   local kind_name namespace images
   while read -r kind_name namespace images; do
     [[ " ${images} " == *" ${image} "* ]] || continue
+    grep -F -- "${kind_name} ${namespace} " <<<"${existing}" >/dev/null || continue
     log "restarting ${namespace}/${kind_name} for the new ${image}"
     kubectl_admin -n "${namespace}" rollout restart "${kind_name}" >/dev/null
-  done < <(kubectl_admin get deployments,daemonsets -A -o \
-    jsonpath='{range .items[*]}{.kind}/{.metadata.name} {.metadata.namespace} {.spec.template.spec.containers[*].image}{"\n"}{end}')
+  done < <(list_workloads)
 }
 
 deploy_storage() {
@@ -389,7 +395,8 @@ deploy_storage() {
     # CSI manifests are written for a standard host. Here the kubelet root lives in the state dir (the
     # plugin sees kubelet's paths, so inside and outside change alike), and so do the plugin's own host
     # directories (only the hostPath side changes), so `make down` finds and removes all of it.
-    local f
+    local f existing
+    existing="$(list_workloads)"
     for f in "${REPO_ROOT}"/artifacts/csi/*.yaml; do
       sed -e "s#/var/lib/kubelet#${KUBELET_ROOT}#g" \
         -e "s#^\(\s*path:\s*\)/run/pvpool-csi#\1${STATE_DIR}/csi/run#" \
@@ -398,7 +405,7 @@ deploy_storage() {
         "${f}" | kubectl_admin apply -f - >/dev/null
     done
     log "artifacts/csi applied (kubelet root ${KUBELET_ROOT})"
-    restart_workloads_of "${CSI_IMAGE}"
+    restart_workloads_of "${CSI_IMAGE}" "${existing}"
   else
     log "no artifacts/csi/*.yaml yet: CSI plugin not deployed"
   fi
@@ -414,7 +421,7 @@ main() {
   phase "apt packages"
   install_packages
 
-  phase "tools (hack/tools/install.sh; cold: ~25-35 min on 2 cores, warm: seconds)"
+  phase "tools (hack/tools/install.sh; cold: ~30-40 min on 2 cores, warm: seconds)"
   "${REPO_ROOT}/hack/tools/install.sh" etcd kube-apiserver kube-controller-manager kube-scheduler kubelet \
     kubectl crictl csi-provisioner csi-attacher csi-resizer csi-snapshotter snapshot-controller >/dev/null
 
@@ -458,7 +465,7 @@ pvpool cluster is up (state: ${STATE_DIR}).
   kubectl get nodes
   kubectl get --raw /apis/pvpool.puppet.com/v1alpha1
   kubectl create namespace storage && kubectl -n storage create -f <pool.yaml> && kubectl -n storage get pools
-Stop and clean up with: make down
+Stop and clean up with: make down (with the same PVPOOL_* settings, if any)
 EOF_MSG
 }
 
