@@ -71,13 +71,15 @@ kubectl_admin() {
   "${PVPOOL_TOOLS_DIR:-${PVPOOL_CACHE}/tools}/kubectl-${KUBERNETES_VERSION}/kubectl" --kubeconfig "${ADMIN_KUBECONFIG}" "$@"
 }
 
-# pid_alive <name>: the process recorded in <name>.pid is still running.
+# pid_alive <name>: the process recorded in <name>.pid is still running. Every process the cluster
+# starts names the state dir in its arguments, which guards against a recycled PID.
 pid_alive() {
   local pidfile="${PID_DIR}/$1.pid"
   [[ -f "${pidfile}" ]] || return 1
   local pid
   pid="$(cat "${pidfile}")"
-  [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null
+  [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null &&
+    tr '\0' '\n' 2>/dev/null <"/proc/${pid}/cmdline" | grep -F -- "${STATE_DIR}/" >/dev/null
 }
 
 # stop_pid <name> [timeout]: SIGTERM the recorded process (SIGKILL after the timeout), forget it.
@@ -87,7 +89,7 @@ stop_pid() {
   [[ -f "${pidfile}" ]] || return 0
   local pid
   pid="$(cat "${pidfile}")"
-  if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then
+  if pid_alive "${name}"; then
     log "stopping ${name} (pid ${pid})"
     kill -TERM "${pid}" 2>/dev/null || true
     local i
