@@ -48,6 +48,11 @@ func TestTeardown(t *testing.T) {
 			t.Errorf("%s (pid %d) still runs", name, pid)
 		}
 	}
+	// Anything else of the cluster (containerd shims, daemons of the CSI plugin) names the state dir.
+	for _, pid := range processesNaming(t, c.stateDir) {
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		t.Errorf("process %d still runs: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+	}
 	for _, mp := range mountsUnder(t, c.stateDir) {
 		t.Errorf("still mounted: %s", mp)
 	}
@@ -102,6 +107,26 @@ func recordedPIDs(t *testing.T, dir string) map[string]int {
 			t.Fatalf("%s: %v", f, err)
 		}
 		pids[strings.TrimSuffix(filepath.Base(f), ".pid")] = pid
+	}
+	return pids
+}
+
+func processesNaming(t *testing.T, dir string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), dir+"/") {
+			pids = append(pids, pid)
+		}
 	}
 	return pids
 }
