@@ -29,6 +29,12 @@ export CGO_ENABLED="${CGO_ENABLED:-0}"
 
 log() { printf '[tools %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# jq reads the tools' go.mod files (go mod edit -json).
+if ! command -v jq >/dev/null; then
+  log "installing jq"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends jq >/dev/null
+fi
+
 KNOWN_TOOLS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl crictl
   csi-provisioner csi-attacher csi-resizer csi-snapshotter snapshot-controller csi-sanity)
 
