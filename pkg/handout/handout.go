@@ -9,7 +9,8 @@
 //  2. hold V: label it with C's UID, remember its reclaim policy and set Retain, so that
 //  3. deleting R does not delete V;
 //  4. create C's claim, owned by C, naming V (it stays Pending: V still refers to R);
-//  5. point V at C's claim by UID, restoring its reclaim policy and taking C's access modes, and drop
+//  5. point V at C's claim by UID, restoring its reclaim policy and taking C's access modes (so a
+//     ReadOnlyMany checkout reaches the CSI driver as MULTI_NODE_READER_ONLY), and drop
 //     V's label: from here on C's claim is the record of the handout;
 //  6. finish the binding on both sides as the PV controller would, so the claim is Bound when the
 //     request returns, and record the volume in C's status.
@@ -360,7 +361,8 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 		}
 	}
 
-	volume, err = h.updateVolume(ctx, volume.Name, func(volume *corev1.PersistentVolume) bool {
+	volumeName := volume.Name
+	volume, err = h.updateVolume(ctx, volumeName, func(volume *corev1.PersistentVolume) bool {
 		before := volume.DeepCopy()
 		if ref := volume.Spec.ClaimRef; ref == nil || ref.UID != claim.UID {
 			volume.Spec.ClaimRef = &corev1.ObjectReference{
@@ -371,16 +373,16 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 		if original, ok := volume.Annotations[replica.AnnotationOriginalReclaimPolicy]; ok {
 			volume.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimPolicy(original)
 		}
+		// A volume's source is immutable, so CSI readOnly cannot be turned on here; the access modes
+		// reach the CSI driver instead (ReadOnlyMany is MULTI_NODE_READER_ONLY), which publishes the
+		// volume read-only.
 		volume.Spec.AccessModes = checkout.Spec.AccessModes
-		if volume.Spec.CSI != nil {
-			volume.Spec.CSI.ReadOnly = readOnly(checkout.Spec.AccessModes)
-		}
 		delete(volume.Annotations, annBoundByController)
 		delete(volume.Labels, replica.LabelCheckoutUID)
 		return !apiequality.Semantic.DeepEqual(before, volume)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("pointing volume %s at claim %s/%s: %w", volume.Name, claim.Namespace, claim.Name, err)
+		return nil, fmt.Errorf("pointing volume %s at claim %s/%s: %w", volumeName, claim.Namespace, claim.Name, err)
 	}
 
 	if volume.Status.Phase != corev1.VolumeBound {
@@ -424,10 +426,6 @@ func newClaim(checkout *v1alpha1.Checkout, volume *corev1.PersistentVolume) *cor
 	storageClass := volume.Spec.StorageClassName
 	claim.Spec.StorageClassName = &storageClass
 	return claim
-}
-
-func readOnly(modes []corev1.PersistentVolumeAccessMode) bool {
-	return len(modes) == 1 && modes[0] == corev1.ReadOnlyMany
 }
 
 // bindClaim completes the claim's side of the binding: bind-completed, phase Bound with the volume's

@@ -189,8 +189,11 @@ func TestAcquireFinishesAHandoutStoppedAtAnyStep(t *testing.T) {
 			if volume.Spec.ClaimRef.UID != claim.UID || volume.Status.Phase != corev1.VolumeBound {
 				t.Errorf("volume bound to %+v, phase %s", volume.Spec.ClaimRef, volume.Status.Phase)
 			}
-			if volume.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete || !volume.Spec.CSI.ReadOnly {
-				t.Errorf("volume reclaim policy %s, readOnly %v; want Delete, true", volume.Spec.PersistentVolumeReclaimPolicy, volume.Spec.CSI.ReadOnly)
+			if volume.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete || fmt.Sprint(volume.Spec.AccessModes) != "[ReadOnlyMany]" {
+				t.Errorf("volume reclaim policy %s, access modes %v; want Delete, [ReadOnlyMany]", volume.Spec.PersistentVolumeReclaimPolicy, volume.Spec.AccessModes)
+			}
+			if volume.Spec.CSI.ReadOnly {
+				t.Error("the volume's source was changed; kube-apiserver refuses that")
 			}
 			if _, held := volume.Labels[replica.LabelCheckoutUID]; held {
 				t.Error("volume still labelled held")

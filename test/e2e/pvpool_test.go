@@ -271,6 +271,10 @@ func TestClaimNameConflictAndReadOnlyMany(t *testing.T) {
 	if claim.Name != "my-claim" || fmt.Sprint(claim.Spec.AccessModes) != "[ReadOnlyMany]" || fmt.Sprint(claim.Status.AccessModes) != "[ReadOnlyMany]" {
 		t.Errorf("claim %s access modes spec %v status %v", claim.Name, claim.Spec.AccessModes, claim.Status.AccessModes)
 	}
+	got := c.runPod(t, ns, claim.Name, false, "if touch /workspace/f 2>/dev/null; then echo writable; else echo read-only; fi >/dev/termination-log")
+	if got != "read-only" {
+		t.Errorf("a pod could write to the ReadOnlyMany checkout: %q", got)
+	}
 
 	class := storageClass
 	foreign := &corev1.PersistentVolumeClaim{

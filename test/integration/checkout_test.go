@@ -236,7 +236,7 @@ func TestCheckout(t *testing.T) {
 		}
 	})
 
-	t.Run("ReadOnlyMany claim and read-only CSI volume", func(t *testing.T) {
+	t.Run("ReadOnlyMany claim and volume", func(t *testing.T) {
 		rox := newCheckout("rox", "", "pool-a")
 		rox.Spec.ClaimName = "shared-data"
 		rox.Spec.AccessModes = []corev1.PersistentVolumeAccessMode{corev1.ReadOnlyMany}
@@ -258,8 +258,8 @@ func TestCheckout(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !volume.Spec.CSI.ReadOnly {
-			t.Error("ReadOnlyMany volume is not CSI readOnly")
+		if fmt.Sprint(volume.Spec.AccessModes) != "[ReadOnlyMany]" {
+			t.Errorf("volume access modes %v, want [ReadOnlyMany] so the CSI driver publishes it read-only", volume.Spec.AccessModes)
 		}
 	})
 
