@@ -294,6 +294,11 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 			return err
 		}
 	}
+	if v.ReadOnly && v.Scratch != "" {
+		if err := n.formatBlankScratch(v); err != nil {
+			return err
+		}
+	}
 	if err := n.mounter.FormatAndMount(v.Device.Path, v.StagingPath, v.FsType, opts); err != nil {
 		return status.Errorf(codes.Internal, "format and mount %s: %v", v.Device.Path, err)
 	}
@@ -302,6 +307,32 @@ func (n *nodeState) mountStaging(ctx context.Context, v *nodeVolume) error {
 		if _, err := n.resizer.Resize(v.Device.Path, v.StagingPath); err != nil {
 			klog.FromContext(ctx).Error(err, "Growing the filesystem failed", "volumeID", v.VolumeID)
 		}
+	}
+	return nil
+}
+
+// formatBlankScratch makes a filesystem on a read-only volume that was never written (a pooled volume
+// checked out ReadOnlyMany before any pod used it): mount-utils refuses to format what it mounts
+// read-only, and the pod should see an empty filesystem rather than fail. The filesystem is written to
+// the scratch overlay only, so the volume's own image stays untouched.
+func (n *nodeState) formatBlankScratch(v *nodeVolume) error {
+	format, err := n.mounter.GetDiskFormat(v.Device.Path)
+	if err != nil {
+		return status.Errorf(codes.Internal, "probing %s: %v", v.Device.Path, err)
+	}
+	if format != "" {
+		return nil
+	}
+	fsType := v.FsType
+	if fsType == "" {
+		fsType = "ext4"
+	}
+	args := []string{v.Device.Path}
+	if fsType == "ext4" || fsType == "ext3" {
+		args = append([]string{"-F", "-m0"}, args...)
+	}
+	if out, err := n.mounter.Exec.Command("mkfs."+fsType, args...).CombinedOutput(); err != nil {
+		return status.Errorf(codes.Internal, "making %s on blank read-only volume %s: %v: %s", fsType, v.VolumeID, err, out)
 	}
 	return nil
 }

@@ -9,11 +9,13 @@
 //  2. hold V: label it with C's UID, remember its reclaim policy and set Retain, so that
 //  3. deleting R does not delete V;
 //  4. create C's claim, owned by C, naming V (it stays Pending: V still refers to R);
-//  5. point V at C's claim by UID, restoring its reclaim policy and taking C's access modes (so a
-//     ReadOnlyMany checkout reaches the CSI driver as MULTI_NODE_READER_ONLY), and drop
-//     V's label: from here on C's claim is the record of the handout;
-//  6. finish the binding on both sides as the PV controller would, so the claim is Bound when the
-//     request returns, and record the volume in C's status.
+//  5. point V at C's claim by UID, taking C's access modes (so a ReadOnlyMany checkout reaches the
+//     CSI driver as MULTI_NODE_READER_ONLY), and drop V's label: from here on C's claim is the
+//     record of the handout;
+//  6. mark V Bound, and only then give it back its reclaim policy: V is never Released with a
+//     Delete policy, which would let the provisioner delete it;
+//  7. finish the claim's side of the binding as the PV controller would, so the claim is Bound when
+//     the request returns, and record the volume in C's status.
 //
 // V never refers to a claim by name only, so the PV controller cannot bind it to any other claim.
 package handout
@@ -370,9 +372,6 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 				Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID, ResourceVersion: claim.ResourceVersion,
 			}
 		}
-		if original, ok := volume.Annotations[replica.AnnotationOriginalReclaimPolicy]; ok {
-			volume.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimPolicy(original)
-		}
 		// A volume's source is immutable, so CSI readOnly cannot be turned on here; the access modes
 		// reach the CSI driver instead (ReadOnlyMany is MULTI_NODE_READER_ONLY), which publishes the
 		// volume read-only.
@@ -384,15 +383,24 @@ func (h *Handout) handOver(ctx context.Context, checkout *v1alpha1.Checkout, vol
 	if err != nil {
 		return nil, fmt.Errorf("pointing volume %s at claim %s/%s: %w", volumeName, claim.Namespace, claim.Name, err)
 	}
-
-	if volume.Status.Phase != corev1.VolumeBound {
-		bound := volume.DeepCopy()
-		bound.Status.Phase = corev1.VolumeBound
-		bound.Status.Message, bound.Status.Reason = "", ""
-		if _, err = h.kube.CoreV1().PersistentVolumes().UpdateStatus(ctx, bound, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
-			// On a conflict the PV controller is already syncing the volume, and binds it itself.
-			return nil, fmt.Errorf("marking volume %s bound: %w", volume.Name, err)
+	if volume, err = h.markVolumeBound(ctx, volume); err != nil {
+		return nil, err
+	}
+	// Only now may the volume have its reclaim policy back: while it was Released (its replica claim
+	// gone) a Delete policy would have let the provisioner delete it under the new claim.
+	volume, err = h.updateVolume(ctx, volumeName, func(volume *corev1.PersistentVolume) bool {
+		original, ok := volume.Annotations[replica.AnnotationOriginalReclaimPolicy]
+		if !ok || volume.Status.Phase != corev1.VolumeBound || string(volume.Spec.PersistentVolumeReclaimPolicy) == original {
+			return false
 		}
+		volume.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimPolicy(original)
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("restoring the reclaim policy of volume %s: %w", volumeName, err)
+	}
+	if volume.Status.Phase != corev1.VolumeBound {
+		return nil, fmt.Errorf("volume %s is %s, not Bound, after binding it", volumeName, volume.Status.Phase)
 	}
 	return h.bindClaim(ctx, claim, volume)
 }
@@ -426,6 +434,32 @@ func newClaim(checkout *v1alpha1.Checkout, volume *corev1.PersistentVolume) *cor
 	storageClass := volume.Spec.StorageClassName
 	claim.Spec.StorageClassName = &storageClass
 	return claim
+}
+
+// markVolumeBound sets the volume's phase to Bound, as the PV controller would on seeing its claim.
+func (h *Handout) markVolumeBound(ctx context.Context, volume *corev1.PersistentVolume) (*corev1.PersistentVolume, error) {
+	volumes := h.kube.CoreV1().PersistentVolumes()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if volume.Status.Phase == corev1.VolumeBound {
+			return nil
+		}
+		bound := volume.DeepCopy()
+		bound.Status.Phase = corev1.VolumeBound
+		bound.Status.Message, bound.Status.Reason = "", ""
+		updated, err := volumes.UpdateStatus(ctx, bound, metav1.UpdateOptions{})
+		if err == nil {
+			volume = updated
+			return nil
+		}
+		if current, getErr := volumes.Get(ctx, volume.Name, metav1.GetOptions{}); getErr == nil {
+			volume = current
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("marking volume %s bound: %w", volume.Name, err)
+	}
+	return volume, nil
 }
 
 // bindClaim completes the claim's side of the binding: bind-completed, phase Bound with the volume's

@@ -297,3 +297,58 @@ func TestAcquireWaitsAndConflicts(t *testing.T) {
 		}
 	})
 }
+
+// TestVolumeIsNeverReleasedWithDeletePolicy plays the PV controller, which marks the volume Released as
+// soon as the replica claim is gone, and checks that no version of the volume written during the
+// handout is Released with a Delete policy: the provisioner would delete it under the new claim.
+func TestVolumeIsNeverReleasedWithDeletePolicy(t *testing.T) {
+	w := newWorld(t)
+	w.kube.PrependReactor("delete", "persistentvolumeclaims", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if action.GetNamespace() != "storage" {
+			return false, nil, nil
+		}
+		volume, err := w.kube.Tracker().Get(corev1.SchemeGroupVersion.WithResource("persistentvolumes"), "", "pv-1")
+		if err != nil {
+			return false, nil, nil
+		}
+		released := volume.(*corev1.PersistentVolume).DeepCopy()
+		released.Status.Phase = corev1.VolumeReleased
+		if err := w.kube.Tracker().Update(corev1.SchemeGroupVersion.WithResource("persistentvolumes"), released, ""); err != nil {
+			t.Error(err)
+		}
+		return false, nil, nil
+	})
+	var versions []corev1.PersistentVolume
+	w.kube.PrependReactor("update", "persistentvolumes", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		volume := action.(k8stesting.UpdateAction).GetObject().(*corev1.PersistentVolume)
+		if action.GetSubresource() != "status" {
+			// A spec update keeps the stored status.
+			stored, err := w.kube.Tracker().Get(corev1.SchemeGroupVersion.WithResource("persistentvolumes"), "", volume.Name)
+			if err == nil {
+				volume = volume.DeepCopy()
+				volume.Status = stored.(*corev1.PersistentVolume).Status
+			}
+		}
+		versions = append(versions, *volume.DeepCopy())
+		return false, nil, nil
+	})
+	outcome, err := w.handout.Acquire(context.Background(), w.checkout, false)
+	if err != nil || !outcome.Acquired {
+		t.Fatalf("outcome %+v, %v", outcome, err)
+	}
+	sawReleased := false
+	for i, version := range versions {
+		if version.Status.Phase == corev1.VolumeReleased {
+			sawReleased = true
+			if version.Spec.PersistentVolumeReclaimPolicy == corev1.PersistentVolumeReclaimDelete {
+				t.Errorf("version %d of the volume is Released with reclaim policy Delete", i)
+			}
+		}
+	}
+	if !sawReleased {
+		t.Fatal("the simulated PV controller never released the volume; the test checks nothing")
+	}
+	if final := w.getVolume(t); final.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete || final.Status.Phase != corev1.VolumeBound {
+		t.Errorf("final volume: policy %s phase %s, want Delete and Bound", final.Spec.PersistentVolumeReclaimPolicy, final.Status.Phase)
+	}
+}
