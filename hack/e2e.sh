@@ -49,7 +49,8 @@ export PVPOOL_KUBELET_HEALTHZ_PORT="${KUBELET_HEALTHZ_PORT}" PVPOOL_AGGREGATED_A
 
 status=0
 t=${SECONDS}
-go test -count=1 -v -timeout 20m ./test/e2e/... -skip TestTeardown "$@" || status=$?
+# The packages run one after the other (-p 1): they share one small cluster.
+go test -count=1 -v -p 1 -timeout 30m ./test/e2e/... ./test/csi/e2e/... -skip TestTeardown "$@" || status=$?
 timings+=("$(printf '%5ss  e2e tests' "$((SECONDS - t))")")
 
 teardown="${PVPOOL_E2E_TEARDOWN:-${brought_up}}"

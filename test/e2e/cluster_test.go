@@ -154,7 +154,7 @@ func requireAggregatedAPI(t *testing.T, c *cluster) {
 		`jsonpath={.status.conditions[?(@.type=="Available")].status}`)
 	if err != nil {
 		if strings.Contains(err.Error(), "NotFound") {
-			t.Skip("APIService v1alpha1.pvpool.puppet.com is not registered: bin/pvpool-apiserver was not built when the cluster came up")
+			t.Fatal("APIService v1alpha1.pvpool.puppet.com is not registered: make up did not deploy pvpool-apiserver")
 		}
 		t.Fatal(err)
 	}
