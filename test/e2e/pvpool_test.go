@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -162,45 +163,7 @@ func TestCheckoutsRefillThePool(t *testing.T) {
 func TestInitJobPrepopulates(t *testing.T) {
 	c := requirePVPool(t)
 	ns := c.namespace(t, "e2e-init")
-	c.kubectlOK(t, `
-apiVersion: pvpool.puppet.com/v1alpha1
-kind: Pool
-metadata:
-  name: test-pool-with-init-job
-spec:
-  replicas: 5
-  selector:
-    matchLabels:
-      app.kubernetes.io/name: pvpool-test-with-init-job
-  template:
-    metadata:
-      labels:
-        app.kubernetes.io/name: pvpool-test-with-init-job
-    spec:
-      storageClassName: local-path
-      resources:
-        requests:
-          storage: 50Mi
-  initJob:
-    template:
-      spec:
-        backoffLimit: 2
-        activeDeadlineSeconds: 60
-        template:
-          spec:
-            containers:
-            - name: init
-              image: busybox:stable-musl
-              command:
-              - /bin/sh
-              - -c
-              - |
-                echo 'Wow, such prepopulated!' >/workspace/data.txt
-              volumeMounts:
-              - name: my-volume
-                mountPath: /workspace
-    volumeName: my-volume
-`, "-n", ns, "create", "-f", "-")
+	c.kubectlOK(t, "", "-n", ns, "create", "-f", filepath.Join(repoRoot(t), "artifacts", "examples", "pvpool", "pool-with-init-job.yaml"))
 	c.waitPool(t, ns, "test-pool-with-init-job", 5)
 	jobs, err := c.client.BatchV1().Jobs(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {

@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -23,45 +25,14 @@ import (
 )
 
 // seedPool is PVPool's README example, unmodified.
-const seedPool = `
-apiVersion: pvpool.puppet.com/v1alpha1
-kind: Pool
-metadata:
-  name: test-pool-with-init-job
-spec:
-  replicas: 5
-  selector:
-    matchLabels:
-      app.kubernetes.io/name: pvpool-test-with-init-job
-  template:
-    metadata:
-      labels:
-        app.kubernetes.io/name: pvpool-test-with-init-job
-    spec:
-      storageClassName: local-path
-      resources:
-        requests:
-          storage: 50Mi
-  initJob:
-    template:
-      spec:
-        backoffLimit: 2
-        activeDeadlineSeconds: 60
-        template:
-          spec:
-            containers:
-            - name: init
-              image: busybox:stable-musl
-              command:
-              - /bin/sh
-              - -c
-              - |
-                echo 'Wow, such prepopulated!' >/workspace/data.txt
-              volumeMounts:
-              - name: my-volume
-                mountPath: /workspace
-    volumeName: my-volume
-`
+func seedPool(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "artifacts", "examples", "pvpool", "pool-with-init-job.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
 
 func newPool(name string, labels map[string]string) *v1alpha1.Pool {
 	return &v1alpha1.Pool{
@@ -95,7 +66,7 @@ func TestAPI(t *testing.T) {
 
 	t.Run("seed pool is accepted unmodified and defaulted", func(t *testing.T) {
 		var pool v1alpha1.Pool
-		if err := yaml.UnmarshalStrict([]byte(seedPool), &pool); err != nil {
+		if err := yaml.UnmarshalStrict(seedPool(t), &pool); err != nil {
 			t.Fatal(err)
 		}
 		created, err := pools.Create(ctx, &pool, metav1.CreateOptions{})

@@ -1,6 +1,8 @@
 package validation
 
 import (
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -110,59 +112,15 @@ func validCheckout() *pvpool.Checkout {
 	}
 }
 
-// The examples of PVPool's README, which must validate unmodified.
-const (
-	readmePool = `
-apiVersion: pvpool.puppet.com/v1alpha1
-kind: Pool
-metadata:
-  name: test-pool-with-init-job
-spec:
-  replicas: 5
-  selector:
-    matchLabels:
-      app.kubernetes.io/name: pvpool-test-with-init-job
-  template:
-    metadata:
-      labels:
-        app.kubernetes.io/name: pvpool-test-with-init-job
-    spec:
-      storageClassName: local-path
-      resources:
-        requests:
-          storage: 50Mi
-  initJob:
-    template:
-      spec:
-        backoffLimit: 2
-        activeDeadlineSeconds: 60
-        template:
-          spec:
-            containers:
-            - name: init
-              image: busybox:stable-musl
-              command:
-              - /bin/sh
-              - -c
-              - |
-                echo 'Wow, such prepopulated!' >/workspace/data.txt
-              volumeMounts:
-              - name: my-volume
-                mountPath: /workspace
-    volumeName: my-volume
-`
-	readmeCheckout = `
-apiVersion: pvpool.puppet.com/v1alpha1
-kind: Checkout
-metadata:
-  namespace: restricted
-  name: my-checkout
-spec:
-  poolRef:
-    namespace: storage
-    name: restricted-pool
-`
-)
+// readExample reads one of PVPool's README examples, which must validate unmodified.
+func readExample(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "artifacts", "examples", "pvpool", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
 
 // decodeInternal decodes YAML of the versioned API into the internal type, with defaults applied, as
 // the server does before validating.
@@ -179,7 +137,7 @@ func decodeInternal(t *testing.T, data string) runtime.Object {
 }
 
 func TestReadmeExamplesAreValid(t *testing.T) {
-	pool, ok := decodeInternal(t, readmePool).(*pvpool.Pool)
+	pool, ok := decodeInternal(t, readExample(t, "pool-with-init-job.yaml")).(*pvpool.Pool)
 	if !ok {
 		t.Fatalf("README pool decoded as %T", pool)
 	}
@@ -190,7 +148,7 @@ func TestReadmeExamplesAreValid(t *testing.T) {
 		t.Errorf("README pool decoded wrongly: %+v", pool.Spec)
 	}
 
-	checkout, ok := decodeInternal(t, readmeCheckout).(*pvpool.Checkout)
+	checkout, ok := decodeInternal(t, readExample(t, "checkout-across-namespaces.yaml")).(*pvpool.Checkout)
 	if !ok {
 		t.Fatalf("README checkout decoded as %T", checkout)
 	}
