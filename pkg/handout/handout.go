@@ -140,7 +140,7 @@ func (h *Handout) Acquire(ctx context.Context, checkout *v1alpha1.Checkout, wait
 	case err != nil:
 		return nil, fmt.Errorf("getting claim %s/%s: %w", checkout.Namespace, claimName, err)
 	case !metav1.IsControlledBy(claim, checkout):
-		return h.record(ctx, checkout, nil, v1alpha1.CheckoutAcquired, "Conflict",
+		return h.record(ctx, checkout, nil, "Conflict",
 			fmt.Sprintf("PersistentVolumeClaim %s/%s already exists and does not belong to this checkout; waiting for it to be deleted", checkout.Namespace, claimName))
 	}
 
@@ -181,10 +181,10 @@ func (h *Handout) Acquire(ctx context.Context, checkout *v1alpha1.Checkout, wait
 		return nil, err
 	}
 	if claim == nil {
-		return h.record(ctx, checkout, nil, v1alpha1.CheckoutAcquired, "Conflict",
+		return h.record(ctx, checkout, nil, "Conflict",
 			fmt.Sprintf("PersistentVolumeClaim %s/%s was created by someone else during the handout; the volume is held until it is deleted", checkout.Namespace, claimName))
 	}
-	return h.record(ctx, checkout, claim, v1alpha1.CheckoutAcquired, "CheckedOut",
+	return h.record(ctx, checkout, claim, "CheckedOut",
 		fmt.Sprintf("Volume %s is bound to PersistentVolumeClaim %s", claim.Spec.VolumeName, claim.Name))
 }
 
@@ -512,11 +512,12 @@ func (h *Handout) refreshOnConflict(ctx context.Context, claim **corev1.Persiste
 }
 
 func (h *Handout) waiting(ctx context.Context, checkout *v1alpha1.Checkout, reason, message string) (*Outcome, error) {
-	return h.record(ctx, checkout, nil, v1alpha1.CheckoutAcquired, reason, message)
+	return h.record(ctx, checkout, nil, reason, message)
 }
 
-// record writes the outcome into the checkout's status (only when it changed) and emits an Event.
-func (h *Handout) record(ctx context.Context, checkout *v1alpha1.Checkout, claim *corev1.PersistentVolumeClaim, conditionType v1alpha1.CheckoutConditionType, reason, message string) (*Outcome, error) {
+// record writes the outcome into the checkout's status and Acquired condition (only when it changed)
+// and emits an Event.
+func (h *Handout) record(ctx context.Context, checkout *v1alpha1.Checkout, claim *corev1.PersistentVolumeClaim, reason, message string) (*Outcome, error) {
 	acquired := claim != nil
 	status := corev1.ConditionUnknown
 	if acquired {
@@ -530,7 +531,7 @@ func (h *Handout) record(ctx context.Context, checkout *v1alpha1.Checkout, claim
 		updated.Status.VolumeName = ""
 		updated.Status.VolumeClaimRef = corev1.LocalObjectReference{}
 	}
-	setCondition(&updated.Status, v1alpha1.CheckoutCondition{Type: conditionType, Status: status, Reason: reason, Message: message})
+	setCondition(&updated.Status, v1alpha1.CheckoutCondition{Type: v1alpha1.CheckoutAcquired, Status: status, Reason: reason, Message: message})
 
 	outcome := &Outcome{Checkout: checkout, Acquired: acquired, Reason: reason, Message: message}
 	if equalStatus(checkout.Status, updated.Status) {
