@@ -55,21 +55,11 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	key := keyFor(req.GetName())
 	id := encodeID(volumeIDPrefix, loc, key)
-	unlock, err := d.locks.tryLock(id)
+	s, unlock, err := d.lockStore(ctx, loc, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-
-	s, err := d.engine.store(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	defer release()
 
 	src := req.GetVolumeContentSource()
 	var srcSnapshotID, srcVolumeID string
@@ -180,20 +170,11 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		// Not one of ours, so it does not exist.
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.tryLock(id)
+	s, unlock, err := d.lockStore(ctx, loc, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := d.engine.store(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	defer release()
 	rec, err := s.loadVolume(key)
 	if err != nil {
 		return nil, internal(err)
@@ -276,20 +257,11 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, volumeNotFound(id)
 	}
-	unlock, err := d.locks.tryLock(id)
+	s, unlock, err := d.lockStore(ctx, loc, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := d.engine.store(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	defer release()
 	rec, err := s.loadVolume(key)
 	if err != nil {
 		return nil, internal(err)
@@ -343,20 +315,11 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	}
 	key := keyFor(req.GetName())
 	id := encodeID(snapshotIDPrefix, loc, key)
-	unlock, err := d.locks.tryLock(id, srcID)
+	s, unlock, err := d.lockStore(ctx, loc, id, srcID)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := d.engine.store(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	defer release()
 	if existing, err := s.loadSnapshot(key); err != nil {
 		return nil, internal(err)
 	} else if existing != nil {
@@ -401,20 +364,11 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
-	unlock, err := d.locks.tryLock(id)
+	s, unlock, err := d.lockStore(ctx, loc, id)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := d.engine.store(ctx, loc)
-	if err != nil {
-		return nil, err
-	}
-	release, err := s.lock(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	defer release()
 	if err := os.Remove(s.snapshotFile(key)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, internal(err)
 	}
@@ -612,4 +566,24 @@ func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (
 		return nil, status.Errorf(codes.NotFound, "snapshot %s not found", id)
 	}
 	return &csi.GetSnapshotResponse{Snapshot: snapshotResponse(rec)}, nil
+}
+
+// lockStore takes the per-request locks of ids, then the metadata lock of the store at loc, in that
+// order; the returned function releases both.
+func (d *Driver) lockStore(ctx context.Context, loc location, ids ...string) (*store, func(), error) {
+	unlockIDs, err := d.locks.tryLock(ids...)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := d.engine.store(ctx, loc)
+	if err != nil {
+		unlockIDs()
+		return nil, nil, err
+	}
+	release, err := s.lock(ctx)
+	if err != nil {
+		unlockIDs()
+		return nil, nil, internal(err)
+	}
+	return s, func() { release(); unlockIDs() }, nil
 }
