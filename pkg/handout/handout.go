@@ -597,20 +597,21 @@ func WaitingOrder(checkouts []*v1alpha1.Checkout) {
 
 // IsAcquired tells whether a checkout's status says it holds a volume.
 func IsAcquired(checkout *v1alpha1.Checkout) bool {
-	for _, condition := range checkout.Status.Conditions {
-		if condition.Type == v1alpha1.CheckoutAcquired {
-			return condition.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+	condition := acquiredCondition(checkout)
+	return condition != nil && condition.Status == corev1.ConditionTrue
 }
 
 // IsWaiting tells whether a checkout's status records that it waits for a volume.
 func IsWaiting(checkout *v1alpha1.Checkout) bool {
-	for _, condition := range checkout.Status.Conditions {
-		if condition.Type == v1alpha1.CheckoutAcquired {
-			return condition.Status != corev1.ConditionTrue
+	condition := acquiredCondition(checkout)
+	return condition != nil && condition.Status != corev1.ConditionTrue
+}
+
+func acquiredCondition(checkout *v1alpha1.Checkout) *v1alpha1.CheckoutCondition {
+	for i := range checkout.Status.Conditions {
+		if checkout.Status.Conditions[i].Type == v1alpha1.CheckoutAcquired {
+			return &checkout.Status.Conditions[i]
 		}
 	}
-	return false
+	return nil
 }
