@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -24,34 +25,45 @@ import (
 var version = "0.1.0"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "hold" {
+		hold()
+		return
+	}
 	klog.InitFlags(nil)
 	var (
-		endpoint       = flag.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
-		driverName     = flag.String("drivername", pvcsi.DefaultDriverName, "CSI driver name")
-		nodeID         = flag.String("nodeid", "", "node ID (default: the host name); required by the node service")
-		mode           = flag.String("mode", "all", "services to serve: controller, node or all")
-		backingDir     = flag.String("backing-dir", "", "directory holding the backing filesystem (local, or NFS mounted on every node); volumes go to <backing-dir>/<basePath>")
-		runDir         = flag.String("run-dir", "/run/pvpool-csi", "node state: daemon sockets and staged-volume records (local, kept across plugin restarts)")
-		attachMode     = flag.String("attach-mode", string(volume.AttachAuto), "how exports become block devices: auto, nbd (kernel NBD) or nbdfuse (nbdfuse + loop device)")
-		agentSocket    = flag.String("agent-socket", "", "node: unix socket on which controllers request live snapshots of volumes staged here (default <run-dir>/agent.sock)")
-		maxChain       = flag.Int("max-chain-length", pvcsi.DefaultMaxChainLength, "longest qcow2 backing chain; deeper images are written flat")
-		maxVolumes     = flag.Int64("max-volumes-per-node", 0, "reported to the scheduler (0 = unlimited)")
-		kubeletDir     = flag.String("kubelet-registration-dir", "", "node: register with kubelet through a socket in this directory (e.g. /var/lib/kubelet/plugins_registry); empty = don't")
-		kubeletCSIPath = flag.String("kubelet-csi-endpoint", "", "node: CSI socket path as kubelet sees it (default: the --endpoint path)")
-		resolveClaims  = flag.Bool("resolve-backing-claims", false, "find backingClaimName's directory through the Kubernetes API (claim -> local/hostPath PersistentVolume, under --host-root); without it every claim is served from --backing-dir")
-		hostRoot       = flag.String("host-root", "", "where the host's root filesystem is mounted in this container (with --resolve-backing-claims)")
-		kubeconfig     = flag.String("kubeconfig", "", "kubeconfig for --resolve-backing-claims (default: in-cluster configuration)")
-		showVersion    = flag.Bool("version", false, "print the version and exit")
+		endpoint        = flag.String("endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
+		driverName      = flag.String("drivername", pvcsi.DefaultDriverName, "CSI driver name")
+		nodeID          = flag.String("nodeid", "", "node ID (default: the host name); required by the node service")
+		mode            = flag.String("mode", "all", "services to serve: controller, node or all")
+		backingDir      = flag.String("backing-dir", "", "directory holding the backing filesystem (local, or NFS mounted on every node); volumes go to <backing-dir>/<basePath>")
+		runDir          = flag.String("run-dir", "/run/pvpool-csi", "node state: daemon sockets and staged-volume records (local, kept across plugin restarts)")
+		attachMode      = flag.String("attach-mode", string(volume.AttachAuto), "how exports become block devices: auto, nbd (kernel NBD) or nbdfuse (nbdfuse + loop device)")
+		agentSocket     = flag.String("agent-socket", "", "node: unix socket on which controllers request live snapshots of volumes staged here (default <run-dir>/agent.sock)")
+		maxChain        = flag.Int("max-chain-length", pvcsi.DefaultMaxChainLength, "longest qcow2 backing chain; deeper images are written flat")
+		maxVolumes      = flag.Int64("max-volumes-per-node", 0, "reported to the scheduler (0 = unlimited)")
+		registrationDir = flag.String("kubelet-registration-dir", "", "node: register with kubelet through a socket in this directory (e.g. /var/lib/kubelet/plugins_registry); empty = don't")
+		kubeletCSIPath  = flag.String("kubelet-csi-endpoint", "", "node: CSI socket path as kubelet sees it (default: the --endpoint path)")
+		backingAccess   = flag.String("backing-access", "dir", "how backingClaimName is reached: dir (every claim is --backing-dir), path (through the API: claim -> local/hostPath PersistentVolume, under --host-root; no pods) or pods (a holder pod on this node mounts the claim; any volume type; the in-cluster default)")
+		hostRoot        = flag.String("host-root", "", "where the host's root filesystem is mounted in this container (--backing-access=path, and hostPath volumes with pods)")
+		kubeconfig      = flag.String("kubeconfig", "", "kubeconfig for --backing-access=path|pods (default: in-cluster configuration)")
+		nodeName        = flag.String("node-name", os.Getenv("NODE_NAME"), "--backing-access=pods: the Kubernetes node this plugin runs on, where its holder pods run (default $NODE_NAME)")
+		holderImage     = flag.String("holder-image", "", "--backing-access=pods: image of the holder pods, this plugin's own (they run `pvpool-csi hold`)")
+		kubeletDir      = flag.String("kubelet-dir", "/var/lib/kubelet", "--backing-access=pods: kubelet's root directory as seen here, mounted with HostToContainer or Bidirectional propagation (holder pods' volumes are found under it)")
+		holderIdle      = flag.Duration("holder-idle-timeout", pvcsi.DefaultHolderIdleTimeout, "--backing-access=pods: delete a holder pod unused for this long (never while a volume of its claim is staged on this node)")
+		showVersion     = flag.Bool("version", false, "print the version and exit")
 	)
 	flag.Parse()
 	if *showVersion {
 		fmt.Println(version)
 		return
 	}
-	locator, err := backingLocator(*backingDir, *resolveClaims, *hostRoot, *kubeconfig, *driverName, *runDir)
+	opts := backingOptions{access: *backingAccess, dir: *backingDir, hostRoot: *hostRoot, kubeconfig: *kubeconfig,
+		driverName: *driverName, runDir: *runDir, mode: *mode, nodeID: *nodeID, nodeName: *nodeName, holderImage: *holderImage,
+		kubeletDir: *kubeletDir, holderIdle: *holderIdle}
+	locator, err := backingLocator(opts)
 	if err == nil {
 		err = run(locator, *endpoint, *driverName, *nodeID, *mode, *runDir, *attachMode, *agentSocket, *maxChain,
-			*maxVolumes, *kubeletDir, *kubeletCSIPath)
+			*maxVolumes, *registrationDir, *kubeletCSIPath)
 	}
 	if err != nil {
 		klog.ErrorS(err, "pvpool-csi failed")
@@ -60,22 +72,40 @@ func main() {
 	}
 }
 
-func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig, driverName, runDir string) (pvcsi.BackingLocator, error) {
-	if backingDir != "" {
-		if err := os.MkdirAll(backingDir, 0o755); err != nil {
+// hold is the process of holder pods (see pvcsi.BackingPods): it keeps the pod, and so kubelet's mount of the
+// backing claim, alive, and ends at once on SIGTERM so that deleting a holder does not wait for its grace period.
+func hold() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+}
+
+type backingOptions struct {
+	access, dir, hostRoot, kubeconfig, driverName, runDir, mode, nodeID, nodeName, holderImage, kubeletDir string
+	holderIdle                                                                                             time.Duration
+}
+
+// backingLocator builds the locator --backing-access asks for. Pod-based locators also start collecting
+// their holder pods (in the background, for the life of the process).
+func backingLocator(o backingOptions) (pvcsi.BackingLocator, error) {
+	if o.dir != "" {
+		if err := os.MkdirAll(o.dir, 0o755); err != nil {
 			return nil, err
 		}
 	}
-	if !resolveClaims {
-		if backingDir == "" {
-			return nil, fmt.Errorf("--backing-dir is required without --resolve-backing-claims")
+	if o.access == "dir" {
+		if o.dir == "" {
+			return nil, fmt.Errorf("--backing-dir is required with --backing-access=dir")
 		}
-		return pvcsi.DirLocator{Dir: backingDir}, nil
+		return pvcsi.DirLocator{Dir: o.dir}, nil
+	}
+	if o.access != "path" && o.access != "pods" {
+		return nil, fmt.Errorf("--backing-access must be dir, path or pods, not %q", o.access)
 	}
 	var cfg *rest.Config
 	var err error
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if o.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
 	} else {
 		cfg, err = rest.InClusterConfig()
 	}
@@ -86,12 +116,31 @@ func backingLocator(backingDir string, resolveClaims bool, hostRoot, kubeconfig,
 	if err != nil {
 		return nil, err
 	}
-	return &pvcsi.ClaimLocator{Client: client, HostRoot: hostRoot, DriverName: driverName, Fallback: backingDir,
-		CacheFile: filepath.Join(runDir, "backing-claims.json")}, nil
+	// Controller and node services on one host share the run directory: each keeps its own cache.
+	cacheFile := filepath.Join(o.runDir, "backing-claims-"+o.mode+".json")
+	if o.access == "path" {
+		return &pvcsi.ClaimLocator{Client: client, HostRoot: o.hostRoot, DriverName: o.driverName, Fallback: o.dir,
+			CacheFile: cacheFile}, nil
+	}
+	if o.nodeName == "" || o.holderImage == "" {
+		return nil, fmt.Errorf("--backing-access=pods needs --node-name (or $NODE_NAME) and --holder-image")
+	}
+	pods := &pvcsi.BackingPods{Client: client, DriverName: o.driverName, NodeName: o.nodeName, Component: o.mode,
+		Image: o.holderImage, KubeletDir: o.kubeletDir, HostRoot: o.hostRoot, Fallback: o.dir, CacheFile: cacheFile,
+		IdleTimeout: o.holderIdle}
+	if o.mode == "node" || o.mode == "all" {
+		pods.StageNodeID = o.nodeID
+		if pods.StageNodeID == "" {
+			if pods.StageNodeID, err = os.Hostname(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pods, nil
 }
 
 func run(locator pvcsi.BackingLocator, endpoint, driverName, nodeID, mode, runDir, attachMode, agentSocket string, maxChain int,
-	maxVolumes int64, kubeletDir, kubeletCSIPath string) error {
+	maxVolumes int64, registrationDir, kubeletCSIPath string) error {
 	am, err := volume.ParseAttachMode(attachMode)
 	if err != nil {
 		return err
@@ -130,7 +179,10 @@ func run(locator pvcsi.BackingLocator, endpoint, driverName, nodeID, mode, runDi
 	}
 	klog.InfoS("Starting pvpool-csi", "version", version, "driver", driverName, "mode", mode, "nodeID", cfg.NodeID,
 		"attachMode", volume.ResolveAttachMode(am))
-	if cfg.Node && kubeletDir != "" {
+	if holders, ok := locator.(*pvcsi.BackingPods); ok {
+		go holders.Run(ctx)
+	}
+	if cfg.Node && registrationDir != "" {
 		csiPath := kubeletCSIPath
 		if csiPath == "" {
 			csiPath = endpoint
@@ -138,7 +190,7 @@ func run(locator pvcsi.BackingLocator, endpoint, driverName, nodeID, mode, runDi
 		// kubelet wants a plain path.
 		csiPath = strings.TrimPrefix(csiPath, "unix://")
 		reg := &pvcsi.Registrar{DriverName: driverName, Endpoint: csiPath,
-			Socket: filepath.Join(kubeletDir, driverName+"-reg.sock"), OnFailure: func(error) { stop() }}
+			Socket: filepath.Join(registrationDir, driverName+"-reg.sock"), OnFailure: func(error) { stop() }}
 		go func() {
 			if err := reg.Serve(ctx); err != nil {
 				klog.ErrorS(err, "Kubelet registration socket failed")

@@ -14,11 +14,11 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// ClaimLocator finds a backing claim's filesystem through the Kubernetes API: claim -> bound
+// ClaimLocator finds a backing claim's filesystem through the Kubernetes API alone: claim -> bound
 // PersistentVolume -> its directory on the node (local and hostPath volumes), seen through HostRoot, where
-// the host's root filesystem is mounted in the plugin's container. Claims without a name are served from
-// Fallback (the --backing-dir). Volumes of other types (NFS, CSI) need the "pods that mount the claim"
-// mechanism, which can implement BackingLocator the same way.
+// the host's root filesystem is mounted. It needs no pods, so it suits a plugin running as a host process
+// (--backing-access=path); BackingPods reaches any volume type through pods that mount the claim. Claims
+// without a name are served from Fallback (the --backing-dir).
 type ClaimLocator struct {
 	Client     kubernetes.Interface
 	HostRoot   string
@@ -28,80 +28,37 @@ type ClaimLocator struct {
 	// volumes whose backing claim is gone.
 	CacheFile string
 
-	mu     sync.Mutex
-	loaded bool
-	// resolved remembers claims, so volumes stay reachable while their claim is briefly unavailable.
-	resolved map[BackingClaim]string
+	cacheOnce sync.Once
+	cache     *claimDirCache
+}
+
+func (l *ClaimLocator) dirCache() *claimDirCache {
+	l.cacheOnce.Do(func() { l.cache = &claimDirCache{file: l.CacheFile} })
+	return l.cache
 }
 
 // Root implements BackingLocator.
 func (l *ClaimLocator) Root(ctx context.Context, claim BackingClaim) (string, error) {
 	if claim.Name == "" {
-		if l.Fallback == "" {
-			return "", errors.New("no backing claim given and no --backing-dir configured")
-		}
-		return l.Fallback, nil
+		return fallbackRoot(l.Fallback)
 	}
 	dir, err := l.resolve(ctx, claim)
 	if err != nil {
-		l.mu.Lock()
-		l.loadLocked()
-		cached, ok := l.resolved[claim]
-		l.mu.Unlock()
-		if ok {
+		if cached, ok := l.dirCache().get(claim); ok {
 			klog.FromContext(ctx).V(2).Info("Using cached location of backing claim", "claim", claim, "dir", cached, "err", err.Error())
 			return cached, nil
 		}
 		return "", err
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.loadLocked()
-	if l.resolved[claim] != dir {
-		l.resolved[claim] = dir
-		l.saveLocked(ctx)
-	}
+	l.dirCache().put(ctx, claim, dir)
 	return dir, nil
 }
 
-type cachedClaim struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	Dir       string `json:"dir"`
-}
-
-func (l *ClaimLocator) loadLocked() {
-	if l.resolved == nil {
-		l.resolved = map[BackingClaim]string{}
+func fallbackRoot(fallback string) (string, error) {
+	if fallback == "" {
+		return "", errors.New("no backing claim given and no --backing-dir configured")
 	}
-	if l.loaded || l.CacheFile == "" {
-		return
-	}
-	l.loaded = true
-	var entries []cachedClaim
-	if ok, err := readJSON(l.CacheFile, &entries); err != nil || !ok {
-		return
-	}
-	for _, e := range entries {
-		l.resolved[BackingClaim{Namespace: e.Namespace, Name: e.Name}] = e.Dir
-	}
-}
-
-func (l *ClaimLocator) saveLocked(ctx context.Context) {
-	if l.CacheFile == "" {
-		return
-	}
-	var entries []cachedClaim
-	for c, dir := range l.resolved {
-		entries = append(entries, cachedClaim{Namespace: c.Namespace, Name: c.Name, Dir: dir})
-	}
-	err := os.MkdirAll(filepath.Dir(l.CacheFile), 0o755)
-	if err == nil {
-		err = writeJSONAtomic(l.CacheFile, entries)
-	}
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Saving backing claim locations failed", "file", l.CacheFile)
-	}
+	return fallback, nil
 }
 
 func (l *ClaimLocator) resolve(ctx context.Context, claim BackingClaim) (string, error) {
@@ -116,20 +73,34 @@ func (l *ClaimLocator) resolve(ctx context.Context, claim BackingClaim) (string,
 	if err != nil {
 		return "", fmt.Errorf("volume %s of backing claim %s/%s: %w", pvc.Spec.VolumeName, claim.Namespace, claim.Name, err)
 	}
-	var path string
-	switch {
-	case pv.Spec.Local != nil:
-		path = pv.Spec.Local.Path
-	case pv.Spec.HostPath != nil:
-		path = pv.Spec.HostPath.Path
-	default:
-		return "", fmt.Errorf("backing volume %s is neither local nor hostPath; mount it on every node and use --backing-dir", pv.Name)
+	path := hostDirOf(pv)
+	if path == "" {
+		return "", fmt.Errorf("backing volume %s is neither local nor hostPath; use --backing-access=pods, or mount it on every node and use --backing-dir", pv.Name)
 	}
 	return filepath.Join(l.HostRoot, path), nil
 }
 
+// hostDirOf returns the node directory of a local or hostPath volume, "" for other types.
+func hostDirOf(pv *corev1.PersistentVolume) string {
+	switch {
+	case pv.Spec.Local != nil:
+		return pv.Spec.Local.Path
+	case pv.Spec.HostPath != nil:
+		return pv.Spec.HostPath.Path
+	}
+	return ""
+}
+
 // Roots implements BackingLocator: the fallback directory and the claims of this driver's StorageClasses.
 func (l *ClaimLocator) Roots(ctx context.Context) ([]string, error) {
+	return classRoots(ctx, l.Client, l.DriverName, l.Fallback, l.Root, l.dirCache())
+}
+
+// classRoots lists the fallback directory, the roots of the claims named by driverName's StorageClasses
+// that root can reach now, and the cached directories of the other claims (a claim found through a pod and
+// cached under its host path would otherwise be listed twice).
+func classRoots(ctx context.Context, client kubernetes.Interface, driverName, fallback string,
+	root func(context.Context, BackingClaim) (string, error), cache *claimDirCache) ([]string, error) {
 	seen := map[string]bool{}
 	var roots []string
 	add := func(dir string) {
@@ -138,28 +109,105 @@ func (l *ClaimLocator) Roots(ctx context.Context) ([]string, error) {
 			roots = append(roots, dir)
 		}
 	}
-	add(l.Fallback)
-	classes, err := l.Client.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
+	add(fallback)
+	reached := map[BackingClaim]bool{}
+	classes, err := client.StorageV1().StorageClasses().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
 	for _, sc := range classes.Items {
-		if sc.Provisioner != l.DriverName {
+		if sc.Provisioner != driverName {
 			continue
 		}
 		loc, err := parseParameters(sc.Parameters)
 		if err != nil || loc.Claim.Name == "" {
 			continue
 		}
-		if dir, err := l.Root(ctx, loc.Claim); err == nil {
+		if dir, err := root(ctx, loc.Claim); err == nil {
+			reached[loc.Claim] = true
 			add(dir)
 		}
 	}
-	l.mu.Lock()
-	l.loadLocked()
-	for _, dir := range l.resolved {
-		add(dir)
+	for claim, dir := range cache.all() {
+		if !reached[claim] {
+			add(dir)
+		}
 	}
-	l.mu.Unlock()
 	return roots, nil
+}
+
+// claimDirCache remembers where claims were found, in memory and, when file is set, on disk, so volumes
+// stay reachable while their claim is unavailable or gone, also after a restart of the plugin.
+type claimDirCache struct {
+	file string
+
+	mu     sync.Mutex
+	loaded bool
+	dirs   map[BackingClaim]string
+}
+
+type cachedClaim struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Dir       string `json:"dir"`
+}
+
+func (c *claimDirCache) get(claim BackingClaim) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loadLocked()
+	dir, ok := c.dirs[claim]
+	return dir, ok
+}
+
+func (c *claimDirCache) all() map[BackingClaim]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loadLocked()
+	dirs := make(map[BackingClaim]string, len(c.dirs))
+	for claim, dir := range c.dirs {
+		dirs[claim] = dir
+	}
+	return dirs
+}
+
+func (c *claimDirCache) put(ctx context.Context, claim BackingClaim, dir string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loadLocked()
+	if c.dirs[claim] == dir {
+		return
+	}
+	c.dirs[claim] = dir
+	if c.file == "" {
+		return
+	}
+	var entries []cachedClaim
+	for cl, d := range c.dirs {
+		entries = append(entries, cachedClaim{Namespace: cl.Namespace, Name: cl.Name, Dir: d})
+	}
+	err := os.MkdirAll(filepath.Dir(c.file), 0o755)
+	if err == nil {
+		err = writeJSONAtomic(c.file, entries)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Saving backing claim locations failed", "file", c.file)
+	}
+}
+
+func (c *claimDirCache) loadLocked() {
+	if c.dirs == nil {
+		c.dirs = map[BackingClaim]string{}
+	}
+	if c.loaded || c.file == "" {
+		return
+	}
+	c.loaded = true
+	var entries []cachedClaim
+	if ok, err := readJSON(c.file, &entries); err != nil || !ok {
+		return
+	}
+	for _, e := range entries {
+		c.dirs[BackingClaim{Namespace: e.Namespace, Name: e.Name}] = e.Dir
+	}
 }
