@@ -264,6 +264,33 @@ func (c *cluster) deletePod(t *testing.T, ns, name string) {
 	}, "pod "+name)
 }
 
+// holderPods returns the CSI plugin's holder pods of claim in ns, by component (node, controller), once
+// none of them is terminating.
+func (c *cluster) holderPods(t *testing.T, ns, claim string) map[string]*corev1.Pod {
+	t.Helper()
+	var holders map[string]*corev1.Pod
+	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		pods, err := c.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/managed-by=pvpool-csi,pvpool.puppet.com/backing-claim=" + claim})
+		if err != nil {
+			return false, nil
+		}
+		holders = map[string]*corev1.Pod{}
+		for i := range pods.Items {
+			pod := &pods.Items[i]
+			if pod.DeletionTimestamp != nil {
+				return false, nil
+			}
+			holders[pod.Labels["pvpool.puppet.com/component"]] = pod
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("holder pods of %s/%s: %v", ns, claim, err)
+	}
+	return holders
+}
+
 func (c *cluster) createSnapshot(t *testing.T, ns, name, claim string) {
 	t.Helper()
 	obj := &unstructured.Unstructured{Object: map[string]interface{}{

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -274,6 +275,29 @@ func TestCompareQcow2(t *testing.T) {
 		t.Fatalf("qemu-img compare: %v: %s", err, out)
 	}
 
+	// The plugin reaches the backing claim through holder pods that mount it, one per component on this
+	// node: while a pod uses the volume, the node's qemu-storage-daemon has the image open in kubelet's
+	// mount of the claim for the node holder.
+	c.start(t, ns, "user", "sleep 3600", blockVol("data"))
+	holders := c.holderPods(t, ns, "backing")
+	nodeHolder, ok := holders["node"]
+	if !ok || holders["controller"] == nil {
+		t.Fatalf("holder pods of the backing claim by component: %v; want node and controller", holders)
+	}
+	if nodeHolder.Spec.NodeName != node || nodeHolder.Status.Phase != corev1.PodRunning ||
+		len(nodeHolder.Spec.Volumes) != 1 || nodeHolder.Spec.Volumes[0].PersistentVolumeClaim == nil ||
+		nodeHolder.Spec.Volumes[0].PersistentVolumeClaim.ClaimName != "backing" || nodeHolder.Spec.Volumes[0].PersistentVolumeClaim.ReadOnly {
+		t.Fatalf("node holder %s on %q, phase %s, volumes %+v; want running on %s with the claim read-write",
+			nodeHolder.Name, nodeHolder.Spec.NodeName, nodeHolder.Status.Phase, nodeHolder.Spec.Volumes, node)
+	}
+	viaHolder := fmt.Sprintf("/pods/%s/volumes/kubernetes.io~local-volume/%s/images/pvpool-images/%s", nodeHolder.UID, pvName, meta.Head)
+	if open := openFilesEndingIn(t, viaHolder); len(open) == 0 {
+		t.Errorf("no process has the volume's image open through the node holder (…%s)", viaHolder)
+	} else {
+		t.Logf("image open through the holder: %v", open)
+	}
+	c.deletePod(t, ns, "user")
+
 	c.deleteClaim(t, ns, "data")
 	if err := c.client.CoreV1().PersistentVolumeClaims(ns).Delete(t.Context(), "backing", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -286,6 +310,25 @@ func TestCompareQcow2(t *testing.T) {
 	if len(left) != 0 {
 		t.Errorf("images left in the backing claim after deleting its volumes: %v", left)
 	}
+	if holders := c.holderPods(t, ns, "backing"); len(holders) != 0 {
+		t.Errorf("holder pods left after the backing claim was deleted: %v", holders)
+	}
+}
+
+// openFilesEndingIn lists the processes of this host with a file open whose path ends in suffix.
+func openFilesEndingIn(t *testing.T, suffix string) []string {
+	t.Helper()
+	fds, err := filepath.Glob("/proc/[0-9]*/fd/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && strings.HasSuffix(target, suffix) {
+			found = append(found, fd+" -> "+target)
+		}
+	}
+	return found
 }
 
 // TestSnapshotAndCloneWhileWriting takes a snapshot and a clone of a volume a pod keeps writing to.
