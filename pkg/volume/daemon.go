@@ -112,16 +112,9 @@ func (d *Daemon) setup(ctx context.Context) error {
 	}
 	d.nodeSeq++
 	node := fmt.Sprintf("fmt%d", d.nodeSeq)
-	if err := d.qmp.Execute(ctx, "blockdev-add", map[string]interface{}{
-		"driver":    "qcow2",
-		"node-name": node,
-		"read-only": d.cfg.ReadOnly,
-		"discard":   "unmap",
-		"file": map[string]interface{}{
-			"driver":   "file",
-			"filename": d.cfg.Image,
-		},
-	}, nil); err != nil {
+	opts := imageNodeOptions(node, d.cfg.Image)
+	opts["read-only"] = d.cfg.ReadOnly
+	if err := d.qmp.Execute(ctx, "blockdev-add", opts, nil); err != nil {
 		return err
 	}
 	d.topNode = node
@@ -283,13 +276,10 @@ func (d *Daemon) Snapshot(ctx context.Context, overlay string) error {
 	}
 	d.nodeSeq++
 	node := fmt.Sprintf("fmt%d", d.nodeSeq)
-	if err := d.qmp.Execute(ctx, "blockdev-add", map[string]interface{}{
-		"driver":    "qcow2",
-		"node-name": node,
-		"discard":   "unmap",
-		"backing":   nil,
-		"file":      map[string]interface{}{"driver": "file", "filename": overlay},
-	}, nil); err != nil {
+	opts := imageNodeOptions(node, overlay)
+	// The current top node becomes the overlay's backing through blockdev-snapshot.
+	opts["backing"] = nil
+	if err := d.qmp.Execute(ctx, "blockdev-add", opts, nil); err != nil {
 		return err
 	}
 	if err := d.qmp.Execute(ctx, "blockdev-snapshot", map[string]interface{}{"node": d.topNode, "overlay": node}, nil); err != nil {
