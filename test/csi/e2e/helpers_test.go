@@ -332,8 +332,7 @@ func (c *cluster) deleteSnapshot(t *testing.T, ns, name string) {
 		_, err := c.dynamic.Resource(snapshotGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
 		return err
 	}, "snapshot "+name)
-	// A snapshot recreated under the same name must not meet its predecessor's content, which the
-	// snapshot controller deletes after the snapshot itself.
+	// The content goes after the snapshot, once the sidecar has had the driver delete the snapshot.
 	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		contents, err := c.dynamic.Resource(contentGVR).List(ctx, metav1.ListOptions{})
 		if err != nil {
