@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+
+	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
+	"github.com/pvpool/pvpool/pkg/replica"
+)
+
+// labelLevel tells which concurrency level created a checkout or raw claim.
+const labelLevel = "bench.pvpool.puppet.com/clients"
+
+// ThroughputReport is item 2: checkouts per second against a pool holding a replica for every one
+// of them, against plain claim creates per second on kube-apiserver, at each number of concurrent
+// clients.
+type ThroughputReport struct {
+	PoolReplicas int `json:"poolReplicas"`
+	// PoolFillSeconds is how long the pool took to fill from nothing.
+	PoolFillSeconds float64 `json:"poolFillSeconds"`
+	// UnprovisionedClass is the StorageClass of the raw claims: no provisioner and
+	// WaitForFirstConsumer, so a claim create costs the API server and nothing else.
+	UnprovisionedClass string            `json:"unprovisionedClass"`
+	Levels             []ThroughputLevel `json:"levels"`
+	// DistinctVolumes is how many different volumes all checkouts of all levels held; it equals
+	// the number of checkouts, or the run fails.
+	DistinctVolumes int `json:"distinctVolumes"`
+}
+
+// ThroughputLevel is one number of concurrent clients.
+type ThroughputLevel struct {
+	Clients            int     `json:"clients"`
+	Checkouts          int     `json:"checkouts"`
+	CheckoutSeconds    float64 `json:"checkoutSeconds"`
+	CheckoutsPerSecond float64 `json:"checkoutsPerSecond"`
+	CheckoutCreate     Summary `json:"checkoutCreate"`
+	// AcquiredInRequest counts checkouts whose create response already held a volume.
+	AcquiredInRequest     int     `json:"acquiredInRequest"`
+	Claims                int     `json:"claims"`
+	ClaimSeconds          float64 `json:"claimSeconds"`
+	ClaimCreatesPerSecond float64 `json:"claimCreatesPerSecond"`
+	ClaimCreate           Summary `json:"claimCreate"`
+	// Ratio is checkouts/s divided by claim creates/s.
+	Ratio float64 `json:"ratio"`
+	// RefillSeconds is how long the pool took to have every replica available again once this
+	// level's checkouts were deleted.
+	RefillSeconds float64 `json:"refillSeconds"`
+}
+
+// runConcurrently runs op(0..total-1) on clients goroutines and returns the wall time and each
+// call's latency; the first error stops the rest.
+func runConcurrently(ctx context.Context, clients, total int, op func(ctx context.Context, i int) error) (time.Duration, []time.Duration, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	latencies := make([]time.Duration, total)
+	var next atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= total || ctx.Err() != nil {
+					return
+				}
+				callStart := time.Now()
+				if err := op(ctx, i); err != nil {
+					errOnce.Do(func() { firstErr = err; cancel() })
+					return
+				}
+				latencies[i] = time.Since(callStart)
+			}
+		}()
+	}
+	wg.Wait()
+	return time.Since(start), latencies, firstErr
+}
+
+func (b *bench) runThroughput(ctx context.Context, memory *memoryMonitor, progress func(string, ...interface{})) (*ThroughputReport, error) {
+	ns, err := b.createNamespace(ctx, "bench-throughput-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := b.deleteNamespace(ctx, ns); err != nil {
+			klog.ErrorS(err, "Cleaning up the throughput namespace")
+		}
+	}()
+	class, err := b.createUnprovisionedClass(ctx)
+	if err != nil {
+		return nil, err
+	}
+	claims, err := b.watchClaims(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	defer claims.stop()
+
+	perLevel := b.cfg.throughputCheckouts
+	progress("throughput: filling a pool of %d replicas in %s", perLevel, ns)
+	pool, fill, err := b.createPoolAndWait(ctx, ns, b.pool("throughput", int32(perLevel), false), claims)
+	if err != nil {
+		return nil, err
+	}
+	report := &ThroughputReport{PoolReplicas: perLevel, PoolFillSeconds: fill.Seconds(), UnprovisionedClass: class}
+	progress("throughput: pool filled in %s", fill.Round(100*time.Millisecond))
+
+	sampling, stopSampling := context.WithCancel(ctx)
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		memory.sampleWhile(sampling, b.cfg.memoryInterval)
+	}()
+	defer func() { stopSampling(); <-sampled }()
+
+	handouts := volumeHandouts{}
+	for index, clients := range b.cfg.clients {
+		level := ThroughputLevel{Clients: clients, Checkouts: perLevel, Claims: perLevel}
+		levelLabels := map[string]string{labelBench: b.runID, labelLevel: fmt.Sprint(clients)}
+		createClaims := func() error {
+			elapsed, latencies, err := runConcurrently(ctx, clients, perLevel, func(ctx context.Context, i int) error {
+				_, err := b.kube.CoreV1().PersistentVolumeClaims(ns).Create(ctx, &corev1.PersistentVolumeClaim{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("raw-c%d-%04d", clients, i), Labels: levelLabels},
+					Spec:       b.claimSpec(class),
+				}, metav1.CreateOptions{})
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("creating raw claims with %d clients: %w", clients, err)
+			}
+			level.ClaimSeconds = elapsed.Seconds()
+			level.ClaimCreatesPerSecond = float64(perLevel) / elapsed.Seconds()
+			level.ClaimCreate = summarize(milliseconds(latencies))
+			return nil
+		}
+		var acquired atomic.Int64
+		createCheckouts := func() error {
+			elapsed, latencies, err := runConcurrently(ctx, clients, perLevel, func(ctx context.Context, i int) error {
+				checkout, err := b.pvpool.PvpoolV1alpha1().Checkouts(ns).Create(ctx, &v1alpha1.Checkout{
+					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("tp-c%d-%04d", clients, i), Labels: levelLabels},
+					Spec:       v1alpha1.CheckoutSpec{PoolRef: v1alpha1.PoolReference{Name: pool.Name}},
+				}, metav1.CreateOptions{})
+				if err == nil && checkoutAcquired(checkout) {
+					acquired.Add(1)
+				}
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("creating checkouts with %d clients: %w", clients, err)
+			}
+			level.CheckoutSeconds = elapsed.Seconds()
+			level.CheckoutsPerSecond = float64(perLevel) / elapsed.Seconds()
+			level.CheckoutCreate = summarize(milliseconds(latencies))
+			return nil
+		}
+		// Alternate which goes first, so neither always runs on the machine the other just loaded.
+		steps := []func() error{createClaims, createCheckouts}
+		if index%2 == 1 {
+			steps = []func() error{createCheckouts, createClaims}
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return nil, err
+			}
+		}
+		level.AcquiredInRequest = int(acquired.Load())
+		level.Ratio = ratio(level.CheckoutsPerSecond, level.ClaimCreatesPerSecond)
+		progress("throughput: %d clients: %.1f checkouts/s, %.1f claim creates/s (%d of %d acquired in the request)",
+			clients, level.CheckoutsPerSecond, level.ClaimCreatesPerSecond, level.AcquiredInRequest, perLevel)
+
+		if err := b.verifyHandouts(ctx, ns, levelLabels, perLevel, handouts); err != nil {
+			return nil, err
+		}
+
+		// Give everything back and wait for a full pool, so every level starts alike.
+		refillStart := time.Now()
+		selector := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: levelLabels})
+		if err := b.pvpool.PvpoolV1alpha1().Checkouts(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: selector}); err != nil {
+			return nil, fmt.Errorf("deleting the checkouts of %d clients: %w", clients, err)
+		}
+		if err := b.kube.CoreV1().PersistentVolumeClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: selector}); err != nil {
+			return nil, fmt.Errorf("deleting the raw claims of %d clients: %w", clients, err)
+		}
+		if err := b.waitOnlyReplicas(ctx, pool, claims, perLevel); err != nil {
+			return nil, err
+		}
+		level.RefillSeconds = time.Since(refillStart).Seconds()
+		progress("throughput: %d clients: pool refilled in %s", clients, time.Since(refillStart).Round(100*time.Millisecond))
+		report.Levels = append(report.Levels, level)
+	}
+	report.DistinctVolumes = len(handouts)
+	return report, nil
+}
+
+// verifyHandouts checks the checkouts of one level once they all hold a volume: each holds a
+// different volume (also from every earlier level), its claim is Bound to that volume, and the
+// volume is bound to that claim. Anything else is a double handout and fails the run.
+func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[string]string, want int, handouts volumeHandouts) error {
+	selector := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: levelLabels})
+	var checkouts []v1alpha1.Checkout
+	// Checkouts that found no replica in the request are served by the controller shortly after.
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, b.cfg.fillTimeout(want), true, func(ctx context.Context) (bool, error) {
+		list, err := b.pvpool.PvpoolV1alpha1().Checkouts(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, nil
+		}
+		checkouts = list.Items
+		for i := range checkouts {
+			if !checkoutAcquired(&checkouts[i]) {
+				return false, nil
+			}
+		}
+		return len(checkouts) == want, nil
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for %d checkouts (%s) to hold a volume: %w", want, selector, err)
+	}
+	claimList, err := b.kube.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	claimsByName := map[string]*corev1.PersistentVolumeClaim{}
+	for i := range claimList.Items {
+		claimsByName[claimList.Items[i].Name] = &claimList.Items[i]
+	}
+	volumeList, err := b.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	volumes := map[string]*corev1.PersistentVolume{}
+	for i := range volumeList.Items {
+		volumes[volumeList.Items[i].Name] = &volumeList.Items[i]
+	}
+	for _, checkout := range checkouts {
+		key := checkout.Namespace + "/" + checkout.Name
+		if err := handouts.record(checkout.Status.VolumeName, key); err != nil {
+			return err
+		}
+		claim := claimsByName[checkout.Status.VolumeClaimRef.Name]
+		if claim == nil || claim.Spec.VolumeName != checkout.Status.VolumeName || claim.Status.Phase != corev1.ClaimBound {
+			return fmt.Errorf("checkout %s holds volume %s but its claim %q is not Bound to it: %+v", key, checkout.Status.VolumeName, checkout.Status.VolumeClaimRef.Name, claim)
+		}
+		volume := volumes[checkout.Status.VolumeName]
+		if volume == nil || volume.Spec.ClaimRef == nil || volume.Spec.ClaimRef.Namespace != ns || volume.Spec.ClaimRef.Name != claim.Name || volume.Spec.ClaimRef.UID != claim.UID {
+			return fmt.Errorf("double handout: volume %s of checkout %s is not bound to its claim %s/%s", checkout.Status.VolumeName, key, ns, claim.Name)
+		}
+	}
+	return nil
+}
+
+// waitOnlyReplicas waits until the namespace holds nothing but the pool's replicas, all available:
+// every claim of a deleted checkout or raw claim is gone and the pool has refilled.
+func (b *bench) waitOnlyReplicas(ctx context.Context, pool *v1alpha1.Pool, claims *claimWatch, replicas int) error {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.fillTimeout(replicas))
+	defer cancel()
+	for {
+		list, err := claims.lister()
+		if err != nil {
+			return err
+		}
+		others := 0
+		for _, claim := range list {
+			if !replica.OwnedBy(pool, claim) || replica.IsTaken(claim) {
+				others++
+			}
+		}
+		available := availableReplicas(pool, list)
+		if others == 0 && available == replicas {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pool %s/%s: %d of %d replicas available and %d other claims left: %w", pool.Namespace, pool.Name, available, replicas, others, ctx.Err())
+		case <-claims.changed:
+		}
+	}
+}
