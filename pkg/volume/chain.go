@@ -13,6 +13,8 @@ import (
 type Header struct {
 	Version     uint32
 	VirtualSize int64
+	// ClusterSize is the allocation unit; L2 tables map one cluster each.
+	ClusterSize int64
 	// BackingFile is the backing file name exactly as stored (relative names are relative to the image).
 	BackingFile string
 }
@@ -43,6 +45,12 @@ func parseHeader(r io.ReaderAt) (*Header, error) {
 	h := &Header{
 		Version:     binary.BigEndian.Uint32(buf[4:8]),
 		VirtualSize: int64(binary.BigEndian.Uint64(buf[24:32])),
+	}
+	// qcow2 allows clusters of 512 bytes to 2 MiB.
+	if bits := binary.BigEndian.Uint32(buf[20:24]); bits >= 9 && bits <= 21 {
+		h.ClusterSize = int64(1) << bits
+	} else {
+		return nil, fmt.Errorf("qcow2 cluster bits %d out of range", bits)
 	}
 	off := binary.BigEndian.Uint64(buf[8:16])
 	size := binary.BigEndian.Uint32(buf[16:20])

@@ -16,6 +16,7 @@ func fakeHeader(t *testing.T, version uint32, size uint64, backing string) []byt
 	buf := make([]byte, 512)
 	copy(buf, qcow2Magic)
 	binary.BigEndian.PutUint32(buf[4:], version)
+	binary.BigEndian.PutUint32(buf[20:], 16) // 64 KiB clusters
 	binary.BigEndian.PutUint64(buf[24:], size)
 	if backing != "" {
 		binary.BigEndian.PutUint64(buf[8:], 200)
@@ -30,7 +31,7 @@ func TestParseHeader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Version != 3 || h.VirtualSize != 1<<30 || h.BackingFile != "base.qcow2" {
+	if h.Version != 3 || h.VirtualSize != 1<<30 || h.ClusterSize != 64<<10 || h.BackingFile != "base.qcow2" {
 		t.Errorf("header = %+v", h)
 	}
 	h, err = parseHeader(bytes.NewReader(fakeHeader(t, 2, 4096, "")))
@@ -44,6 +45,11 @@ func TestParseHeader(t *testing.T) {
 	raw[0] = 'X'
 	if _, err := parseHeader(bytes.NewReader(raw)); err == nil {
 		t.Error("bad magic accepted")
+	}
+	raw = fakeHeader(t, 3, 512, "x")
+	binary.BigEndian.PutUint32(raw[20:], 30)
+	if _, err := parseHeader(bytes.NewReader(raw)); err == nil {
+		t.Error("cluster bits out of range accepted")
 	}
 	raw = fakeHeader(t, 3, 512, "x")
 	binary.BigEndian.PutUint32(raw[16:], 5000)
@@ -151,7 +157,7 @@ func TestImagesOnDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.BackingFile != "base.qcow2" || h.VirtualSize != 4<<20 {
+	if h.BackingFile != "base.qcow2" || h.VirtualSize != 4<<20 || h.ClusterSize != 64<<10 {
 		t.Errorf("overlay header = %+v", h)
 	}
 	chain, err := BackingChain(ctx, top)
@@ -167,6 +173,25 @@ func TestImagesOnDisk(t *testing.T) {
 	}
 	if err := ResizeImage(ctx, top, 8<<20); err != nil {
 		t.Fatal(err)
+	}
+	// The overlay was resized without opening its backing image; it must still name it.
+	if h, err := ReadHeader(top); err != nil || h.BackingFile != "base.qcow2" || h.VirtualSize != 8<<20 {
+		t.Errorf("resized overlay header = %+v, %v", h, err)
+	}
+	// An overlay smaller than its backing image is resized through the chain, so the grown area reads as
+	// zeroes rather than the backing image's data past the overlay's old end.
+	small := filepath.Join(dir, "small.qcow2")
+	if err := CreateOverlay(ctx, small, "base.qcow2", 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 512k 512k", base).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	if err := ResizeImage(ctx, small, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "read -P 0xab 0 64k", "-c", "read -P 0 512k 512k", small).CombinedOutput(); err != nil || strings.Contains(string(out), "Pattern verification failed") {
+		t.Errorf("grown overlay of a larger backing image shows the wrong data: %v: %s", err, out)
 	}
 	if err := ResizeImage(ctx, top, 2<<20); err == nil {
 		t.Error("shrink accepted")

@@ -50,6 +50,8 @@ type Daemon struct {
 	exited  chan struct{} // closed when a daemon we started exits; nil for adopted daemons
 	topNode string
 	nodeSeq int
+	// aio is the file I/O mode the daemon accepted; empty until the first image node is added.
+	aio string
 }
 
 func (c DaemonConfig) exportName() string {
@@ -112,9 +114,7 @@ func (d *Daemon) setup(ctx context.Context) error {
 	}
 	d.nodeSeq++
 	node := fmt.Sprintf("fmt%d", d.nodeSeq)
-	opts := imageNodeOptions(node, d.cfg.Image)
-	opts["read-only"] = d.cfg.ReadOnly
-	if err := d.qmp.Execute(ctx, "blockdev-add", opts, nil); err != nil {
+	if err := d.addImageNode(ctx, node, d.cfg.Image, map[string]interface{}{"read-only": d.cfg.ReadOnly}); err != nil {
 		return err
 	}
 	d.topNode = node
@@ -125,6 +125,44 @@ func (d *Daemon) setup(ctx context.Context) error {
 		return err
 	}
 	return d.addExport(ctx)
+}
+
+// addImageNode opens image as a qcow2 node with the daemon's I/O settings (tuning.go). io_uring is tried
+// first; where it is refused the daemon falls back to worker threads for good.
+func (d *Daemon) addImageNode(ctx context.Context, node, image string, extra map[string]interface{}) error {
+	modes := []string{aioIOUring, aioThreads}
+	if d.aio != "" {
+		modes = []string{d.aio}
+	}
+	var errs []error
+	for _, aio := range modes {
+		opts, err := imageNodeOptions(node, image, aio)
+		if err != nil {
+			return err
+		}
+		for k, v := range extra {
+			opts[k] = v
+		}
+		err = d.qmp.Execute(ctx, "blockdev-add", opts, nil)
+		if err == nil {
+			d.aio = aio
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("aio=%s: %w", aio, err))
+		var qerr *QMPError
+		if !errors.As(err, &qerr) {
+			break // the connection failed, not the option
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// AIO reports the file I/O mode the daemon uses ("io_uring" or "threads"; empty for an adopted daemon
+// that has not opened an image since).
+func (d *Daemon) AIO() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.aio
 }
 
 func (d *Daemon) addExport(ctx context.Context) error {
@@ -276,10 +314,8 @@ func (d *Daemon) Snapshot(ctx context.Context, overlay string) error {
 	}
 	d.nodeSeq++
 	node := fmt.Sprintf("fmt%d", d.nodeSeq)
-	opts := imageNodeOptions(node, overlay)
 	// The current top node becomes the overlay's backing through blockdev-snapshot.
-	opts["backing"] = nil
-	if err := d.qmp.Execute(ctx, "blockdev-add", opts, nil); err != nil {
+	if err := d.addImageNode(ctx, node, overlay, map[string]interface{}{"backing": nil}); err != nil {
 		return err
 	}
 	if err := d.qmp.Execute(ctx, "blockdev-snapshot", map[string]interface{}{"node": d.topNode, "overlay": node}, nil); err != nil {
