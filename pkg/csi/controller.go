@@ -380,7 +380,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 func (d *Driver) stores(ctx context.Context) ([]*store, error) {
 	roots, err := d.cfg.Locator.Roots(ctx)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "backing volumes: %v", err)
+		return nil, backingError(err, "backing volumes")
 	}
 	var out []*store
 	for _, root := range roots {
@@ -535,7 +535,7 @@ func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	}
 	root, err := d.cfg.Locator.Root(ctx, loc.Claim)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "backing volume: %v", err)
+		return nil, backingError(err, "backing volume")
 	}
 	var st unix.Statfs_t
 	if err := unix.Statfs(root, &st); err != nil {

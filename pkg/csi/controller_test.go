@@ -1,6 +1,8 @@
 package csi
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -313,5 +315,39 @@ func TestControllerVolumeHealth(t *testing.T) {
 	}
 	if _, err := d.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: "v1~~~~missing"}); status.Code(err) != codes.NotFound {
 		t.Errorf("health of a missing volume: %v", err)
+	}
+}
+
+// failingLocator cannot reach any backing volume.
+type failingLocator struct{ err error }
+
+func (l failingLocator) Root(context.Context, BackingClaim) (string, error) { return "", l.err }
+func (l failingLocator) Roots(context.Context) ([]string, error)            { return nil, l.err }
+
+func TestBackingVolumeErrorsKeepTheLocatorsCode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"claim that cannot serve", status.Error(codes.FailedPrecondition, "backing claim default/backing-pvc is not ReadWriteMany"), codes.FailedPrecondition},
+		{"holder starting", status.Error(codes.Unavailable, "holder pod default/pvpool-holder-x is Pending"), codes.Unavailable},
+		{"plain error", errors.New("connection refused"), codes.Unavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := NewDriver(Config{Controller: true, Locator: failingLocator{err: tc.err}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "v", VolumeCapabilities: blockRWO,
+				Parameters: testParams, CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}})
+			if status.Code(err) != tc.want {
+				t.Fatalf("CreateVolume: %v, want code %s", err, tc.want)
+			}
+			_, err = d.GetCapacity(context.Background(), &csi.GetCapacityRequest{Parameters: testParams})
+			if status.Code(err) != tc.want {
+				t.Fatalf("GetCapacity: %v, want code %s", err, tc.want)
+			}
+		})
 	}
 }

@@ -37,9 +37,19 @@ type engine struct {
 func (e *engine) store(ctx context.Context, loc location) (*store, error) {
 	root, err := e.locator.Root(ctx, loc.Claim)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "backing volume %s/%s: %v", loc.Claim.Namespace, loc.Claim.Name, err)
+		return nil, backingError(err, fmt.Sprintf("backing volume %s/%s", loc.Claim.Namespace, loc.Claim.Name))
 	}
 	return &store{loc: loc, dir: filepath.Join(root, loc.BasePath)}, nil
+}
+
+// backingError keeps the code a locator chose (FailedPrecondition for a claim that cannot serve,
+// Unavailable while its holder starts); any other failure to reach a backing volume may pass, so it is
+// Unavailable, which the sidecars retry.
+func backingError(err error, what string) error {
+	if s, ok := status.FromError(err); ok {
+		return status.Errorf(s.Code(), "%s: %s", what, s.Message())
+	}
+	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 }
 
 func newImageName() string { return uuid.NewString() + ".qcow2" }
