@@ -36,4 +36,4 @@ csi-sanity:
 	hack/csi-sanity.sh
 
 bench:
-	hack/bench
+	hack/bench $(BENCH_ARGS)

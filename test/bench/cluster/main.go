@@ -86,6 +86,7 @@ type config struct {
 	deleteTimeout       time.Duration
 	memoryInterval      time.Duration
 	qps                 float64
+	replot              string
 }
 
 // fillTimeout bounds waiting for n replicas to become available.
@@ -122,6 +123,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&cfg.deleteTimeout, "delete-timeout", 5*time.Minute, "longest wait for a namespace to be deleted")
 	fs.DurationVar(&cfg.memoryInterval, "memory-interval", 100*time.Millisecond, "RSS sampling interval during the throughput run")
 	fs.Float64Var(&cfg.qps, "qps", 2000, "client-side rate limit (burst is twice that); high so the servers are measured, not the client")
+	fs.StringVar(&cfg.replot, "replot", "", "read this JSON report, print its table and write its plots to -plot-dir; measure nothing")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -182,6 +184,9 @@ func run(args []string) int {
 		return 2
 	}
 	defer klog.Flush()
+	if cfg.replot != "" {
+		return replot(cfg)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -234,6 +239,28 @@ func run(args []string) int {
 		klog.ErrorS(runErr, "Benchmark failed")
 		return 1
 	}
+	return 0
+}
+
+// replot redraws the table and plots of a report written earlier.
+func replot(cfg config) int {
+	data, err := os.ReadFile(cfg.replot)
+	if err != nil {
+		klog.ErrorS(err, "Reading the report")
+		return 1
+	}
+	report := &Report{}
+	if err := json.Unmarshal(data, report); err != nil {
+		klog.ErrorS(err, "Decoding the report", "path", cfg.replot)
+		return 1
+	}
+	if err := os.MkdirAll(cfg.plotDir, 0o755); err != nil {
+		klog.ErrorS(err, "Creating the plot directory")
+		return 1
+	}
+	plots := writePlots(cfg.plotDir, report)
+	printTable(os.Stdout, report)
+	progress("wrote %d plots in %s", len(plots), cfg.plotDir)
 	return 0
 }
 

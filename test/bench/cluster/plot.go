@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"image/color"
+	"math"
 	"path/filepath"
 	"sort"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -51,9 +53,10 @@ func plotLatencyCDFs(dir string, report *LatencyReport) ([]string, error) {
 		p.X.Label.Text = "milliseconds (log scale)"
 		p.Y.Label.Text = "fraction of samples at or below"
 		p.X.Scale = plot.LogScale{}
-		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
+		p.X.Tick.Marker = logTicks{}
 		p.Y.Min, p.Y.Max = 0, 1
-		p.Legend.Top, p.Legend.Left = true, true
+		// A CDF's lower right is empty: the slow curve rises there only near the top.
+		p.Legend.Top, p.Legend.Left = false, false
 		p.Add(plotter.NewGrid())
 		for _, series := range []struct {
 			name    string
@@ -80,6 +83,43 @@ func plotLatencyCDFs(dir string, report *LatencyReport) ([]string, error) {
 	return written, nil
 }
 
+// logTicks labels 1, 2 and 5 times each power of ten, with unlabelled ticks between: latencies span
+// one or two decades, where plot.LogTicks would label a single value.
+type logTicks struct{}
+
+func (logTicks) Ticks(min, max float64) []plot.Tick {
+	ticks := logTicksLabelled(min, max, func(step int) bool { return step == 1 || step == 2 || step == 5 })
+	labelled := 0
+	for _, tick := range ticks {
+		if tick.Label != "" {
+			labelled++
+		}
+	}
+	if labelled < 3 {
+		// Less than a decade: label every tick.
+		return logTicksLabelled(min, max, func(int) bool { return true })
+	}
+	return ticks
+}
+
+func logTicksLabelled(min, max float64, labelled func(step int) bool) []plot.Tick {
+	var ticks []plot.Tick
+	for decade := math.Pow(10, math.Floor(math.Log10(min))); decade <= max; decade *= 10 {
+		for step := 1; step < 10; step++ {
+			value := float64(step) * decade
+			if value < min || value > max {
+				continue
+			}
+			tick := plot.Tick{Value: value}
+			if labelled(step) {
+				tick.Label = strconv.FormatFloat(value, 'g', -1, 64)
+			}
+			ticks = append(ticks, tick)
+		}
+	}
+	return ticks
+}
+
 // positive drops points a log axis cannot show (a zero latency only comes from a clock that did
 // not move).
 func positive(points plotter.XYs) plotter.XYs {
@@ -97,8 +137,11 @@ func plotThroughput(dir string, report *ThroughputReport) (string, error) {
 	p := plot.New()
 	p.Title.Text = fmt.Sprintf("throughput, %d creates per level (pool of %d)", report.PoolReplicas, report.PoolReplicas)
 	p.X.Label.Text = "concurrent clients"
-	p.Y.Label.Text = "creates per second"
-	p.Y.Min = 0
+	p.Y.Label.Text = "creates per second (log scale)"
+	// The two rates may be two orders of magnitude apart; on a log axis both stay readable. The
+	// headroom above keeps the legend off the lines.
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = logTicks{}
 	p.Legend.Top, p.Legend.Left = true, true
 	p.Add(plotter.NewGrid())
 	checkouts, claims := make(plotter.XYs, len(report.Levels)), make(plotter.XYs, len(report.Levels))
@@ -106,8 +149,19 @@ func plotThroughput(dir string, report *ThroughputReport) (string, error) {
 		checkouts[i] = plotter.XY{X: float64(level.Clients), Y: level.CheckoutsPerSecond}
 		claims[i] = plotter.XY{X: float64(level.Clients), Y: level.ClaimCreatesPerSecond}
 	}
-	if err := plotutil.AddLinePoints(p, "checkouts/s (pvpool)", checkouts, "PVC creates/s (kube-apiserver, no provisioning)", claims); err != nil {
+	if err := plotutil.AddLinePoints(p, "checkouts/s (pvpool)", positive(checkouts), "PVC creates/s (kube-apiserver, no provisioning)", positive(claims)); err != nil {
 		return "", err
+	}
+	lowest, highest := math.Inf(1), 0.0
+	for _, level := range report.Levels {
+		for _, rate := range []float64{level.CheckoutsPerSecond, level.ClaimCreatesPerSecond} {
+			if rate > 0 {
+				lowest, highest = math.Min(lowest, rate), math.Max(highest, rate)
+			}
+		}
+	}
+	if highest > 0 {
+		p.Y.Min, p.Y.Max = lowest/2, highest*8
 	}
 	path := filepath.Join(dir, "throughput.png")
 	if err := p.Save(8*vg.Inch, 5*vg.Inch, path); err != nil {

@@ -76,3 +76,34 @@ func TestVolumeHandoutsRejectsTheSameVolumeForTwoCheckouts(t *testing.T) {
 		t.Errorf("a checkout without a volume was accepted")
 	}
 }
+
+func TestLogTicksLabelOneTwoFive(t *testing.T) {
+	var labels []string
+	for _, tick := range (logTicks{}).Ticks(80, 2100) {
+		if tick.Label != "" {
+			labels = append(labels, tick.Label)
+		}
+	}
+	if got, want := strings.Join(labels, " "), "100 200 500 1000 2000"; got != want {
+		t.Errorf("labels between 80 and 2100: %q, want %q", got, want)
+	}
+}
+
+func TestCDFEndsAtOne(t *testing.T) {
+	points := cdf([]float64{30, 10, 20, 20})
+	if len(points) != 4 || points[0].X != 10 || points[0].Y != 0.25 || points[3].X != 30 || points[3].Y != 1 {
+		t.Errorf("cdf = %v", points)
+	}
+}
+
+func TestLogTicksWithinADecadeLabelEveryTick(t *testing.T) {
+	var labels []string
+	for _, tick := range (logTicks{}).Ticks(900, 4600) {
+		if tick.Label != "" {
+			labels = append(labels, tick.Label)
+		}
+	}
+	if got, want := strings.Join(labels, " "), "900 1000 2000 3000 4000"; got != want {
+		t.Errorf("labels between 900 and 4600: %q, want %q", got, want)
+	}
+}
