@@ -264,7 +264,7 @@ func replot(cfg config) int {
 	return 0
 }
 
-func (b *bench) runPhases(ctx context.Context, report *Report) error {
+func (b *bench) runPhases(ctx context.Context, report *Report) (failed error) {
 	if err := b.waitForAPI(ctx); err != nil {
 		return err
 	}
@@ -285,10 +285,14 @@ func (b *bench) runPhases(ctx context.Context, report *Report) error {
 	if b.cfg.phases["throughput"] {
 		progress("throughput: %d checkouts and %d raw claims per level, clients %v", b.cfg.throughputCheckouts, b.cfg.throughputCheckouts, b.cfg.clients)
 		throughput, err := b.runThroughput(ctx, memory, progress)
-		if err != nil {
+		report.Throughput = throughput
+		if err != nil && throughput == nil {
 			return fmt.Errorf("throughput: %w", err)
 		}
-		report.Throughput = throughput
+		if err != nil {
+			// Wrong handouts: the figures stand, the run fails at the end.
+			defer func() { failed = errors.Join(failed, fmt.Errorf("throughput: %w", err)) }()
+		}
 	}
 	if b.cfg.phases["refill"] {
 		progress("refill: pools of %d, %d rounds, without and with an init job", b.cfg.refillReplicas, b.cfg.refillRounds)
@@ -382,13 +386,24 @@ func printTable(out io.Writer, report *Report) {
 		}
 	}
 	if t := report.Throughput; t != nil {
-		fmt.Fprintf(w, "\n== 2. Throughput: %d creates per level, pool of %d (filled in %.1fs); %d distinct volumes, no double handout ==\n",
-			t.PoolReplicas, t.PoolReplicas, t.PoolFillSeconds, t.DistinctVolumes)
-		fmt.Fprintln(w, "clients\tcheckouts/s\tPVC creates/s\tratio\tcheckout p50\tp99\tPVC create p50\tp99\tacquired in request\trefill")
+		verdict := "no wrong handout"
+		if len(t.Violations) > 0 {
+			verdict = fmt.Sprintf("%d WRONG HANDOUTS", len(t.Violations))
+		}
+		fmt.Fprintf(w, "\n== 2. Throughput: %d creates per level, pool of %d (filled in %.1fs); %d distinct volumes, %s ==\n",
+			t.PoolReplicas, t.PoolReplicas, t.PoolFillSeconds, t.DistinctVolumes, verdict)
+		fmt.Fprintln(w, "clients\tcheckouts/s\tPVC creates/s\tratio\tcheckout p50\tp99\tPVC create p50\tp99\tacquired in request\torphaned volumes\trefill")
 		for _, level := range t.Levels {
-			fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%.1fs\n", level.Clients, level.CheckoutsPerSecond, level.ClaimCreatesPerSecond,
+			fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%d/%d\t%d\t%.1fs\n", level.Clients, level.CheckoutsPerSecond, level.ClaimCreatesPerSecond,
 				formatRatio(level.Ratio), formatMs(level.CheckoutCreate.P50), formatMs(level.CheckoutCreate.P99), formatMs(level.ClaimCreate.P50),
-				formatMs(level.ClaimCreate.P99), level.AcquiredInRequest, level.Checkouts, level.RefillSeconds)
+				formatMs(level.ClaimCreate.P99), level.AcquiredInRequest, level.Checkouts, level.OrphanedVolumes, level.RefillSeconds)
+		}
+		for i, violation := range t.Violations {
+			if i == 5 {
+				fmt.Fprintf(w, "  ... %d more in the JSON report\n", len(t.Violations)-5)
+				break
+			}
+			fmt.Fprintf(w, "  wrong handout: %s\n", violation)
 		}
 	}
 	if r := report.Refill; r != nil {

@@ -33,6 +33,9 @@ type ThroughputReport struct {
 	// DistinctVolumes is how many different volumes all checkouts of all levels held; it equals
 	// the number of checkouts, or the run fails.
 	DistinctVolumes int `json:"distinctVolumes"`
+	// Violations lists every handout found wrong (a volume held twice, a claim not Bound to its
+	// checkout's volume); the run measures on and then fails.
+	Violations []string `json:"violations,omitempty"`
 }
 
 // ThroughputLevel is one number of concurrent clients.
@@ -53,6 +56,10 @@ type ThroughputLevel struct {
 	// RefillSeconds is how long the pool took to have every replica available again once this
 	// level's checkouts were deleted.
 	RefillSeconds float64 `json:"refillSeconds"`
+	// OrphanedVolumes counts volumes whose claimRef names a checkout claim of this level by a UID that
+	// is no longer the claim's: the checkout's first claim was deleted and replaced, and its first
+	// volume left behind. Each one is a replica taken from the pool for nothing.
+	OrphanedVolumes int `json:"orphanedVolumes"`
 }
 
 // runConcurrently runs op(0..total-1) on clients goroutines and returns the wall time and each
@@ -180,9 +187,15 @@ func (b *bench) runThroughput(ctx context.Context, memory *memoryMonitor, progre
 		progress("throughput: %d clients: %.1f checkouts/s, %.1f claim creates/s (%d of %d acquired in the request)",
 			clients, level.CheckoutsPerSecond, level.ClaimCreatesPerSecond, level.AcquiredInRequest, perLevel)
 
-		if err := b.verifyHandouts(ctx, ns, levelLabels, perLevel, handouts); err != nil {
+		orphaned, violations, err := b.verifyHandouts(ctx, ns, levelLabels, perLevel, handouts)
+		if err != nil {
 			return nil, err
 		}
+		level.OrphanedVolumes = orphaned
+		for _, violation := range violations {
+			klog.ErrorS(nil, "Wrong handout", "clients", clients, "violation", violation)
+		}
+		report.Violations = append(report.Violations, violations...)
 
 		// Give everything back and wait for a full pool, so every level starts alike.
 		refillStart := time.Now()
@@ -201,17 +214,20 @@ func (b *bench) runThroughput(ctx context.Context, memory *memoryMonitor, progre
 		report.Levels = append(report.Levels, level)
 	}
 	report.DistinctVolumes = len(handouts)
+	if len(report.Violations) > 0 {
+		return report, fmt.Errorf("%d wrong handouts, the first: %s", len(report.Violations), report.Violations[0])
+	}
 	return report, nil
 }
 
 // verifyHandouts checks the checkouts of one level once they all hold a volume: each holds a
 // different volume (also from every earlier level), its claim is Bound to that volume, and the
 // volume is bound to that claim. Anything else is a double handout and fails the run.
-func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[string]string, want int, handouts volumeHandouts) error {
+func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[string]string, want int, handouts volumeHandouts) (orphaned int, violations []string, err error) {
 	selector := metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: levelLabels})
 	var checkouts []v1alpha1.Checkout
 	// Checkouts that found no replica in the request are served by the controller shortly after.
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, b.cfg.fillTimeout(want), true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, b.cfg.fillTimeout(want), true, func(ctx context.Context) (bool, error) {
 		list, err := b.pvpool.PvpoolV1alpha1().Checkouts(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
 		if err != nil {
 			return false, nil
@@ -225,11 +241,11 @@ func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[s
 		return len(checkouts) == want, nil
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for %d checkouts (%s) to hold a volume: %w", want, selector, err)
+		return 0, nil, fmt.Errorf("waiting for %d checkouts (%s) to hold a volume: %w", want, selector, err)
 	}
 	claimList, err := b.kube.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	claimsByName := map[string]*corev1.PersistentVolumeClaim{}
 	for i := range claimList.Items {
@@ -237,27 +253,44 @@ func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[s
 	}
 	volumeList, err := b.kube.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	volumes := map[string]*corev1.PersistentVolume{}
 	for i := range volumeList.Items {
 		volumes[volumeList.Items[i].Name] = &volumeList.Items[i]
 	}
+	checkoutClaims := map[string]bool{}
 	for _, checkout := range checkouts {
 		key := checkout.Namespace + "/" + checkout.Name
+		checkoutClaims[checkout.Status.VolumeClaimRef.Name] = true
 		if err := handouts.record(checkout.Status.VolumeName, key); err != nil {
-			return err
+			violations = append(violations, err.Error())
+			continue
 		}
 		claim := claimsByName[checkout.Status.VolumeClaimRef.Name]
-		if claim == nil || claim.Spec.VolumeName != checkout.Status.VolumeName || claim.Status.Phase != corev1.ClaimBound {
-			return fmt.Errorf("checkout %s holds volume %s but its claim %q is not Bound to it: %+v", key, checkout.Status.VolumeName, checkout.Status.VolumeClaimRef.Name, claim)
+		if claim == nil {
+			violations = append(violations, fmt.Sprintf("checkout %s holds volume %s but its claim %q does not exist", key, checkout.Status.VolumeName, checkout.Status.VolumeClaimRef.Name))
+			continue
+		}
+		if claim.Spec.VolumeName != checkout.Status.VolumeName || claim.Status.Phase != corev1.ClaimBound {
+			violations = append(violations, fmt.Sprintf("checkout %s holds volume %s but its claim %s is %s on volume %q", key, checkout.Status.VolumeName, claim.Name, claim.Status.Phase, claim.Spec.VolumeName))
+			continue
 		}
 		volume := volumes[checkout.Status.VolumeName]
 		if volume == nil || volume.Spec.ClaimRef == nil || volume.Spec.ClaimRef.Namespace != ns || volume.Spec.ClaimRef.Name != claim.Name || volume.Spec.ClaimRef.UID != claim.UID {
-			return fmt.Errorf("double handout: volume %s of checkout %s is not bound to its claim %s/%s", checkout.Status.VolumeName, key, ns, claim.Name)
+			violations = append(violations, fmt.Sprintf("volume %s of checkout %s is not bound to its claim %s/%s", checkout.Status.VolumeName, key, ns, claim.Name))
 		}
 	}
-	return nil
+	for _, volume := range volumes {
+		ref := volume.Spec.ClaimRef
+		if ref == nil || ref.Namespace != ns || !checkoutClaims[ref.Name] {
+			continue
+		}
+		if claim := claimsByName[ref.Name]; claim == nil || claim.UID != ref.UID {
+			orphaned++
+		}
+	}
+	return orphaned, violations, nil
 }
 
 // waitOnlyReplicas waits until the namespace holds nothing but the pool's replicas, all available:
