@@ -129,7 +129,11 @@ func (c *Controller) claimChanged(obj interface{}) {
 	}
 }
 
-// needsWork tells whether a checkout waits for a volume, or holds one whose claim is gone.
+// needsWork tells whether a checkout waits for a volume, holds one whose claim is gone, or holds a
+// claim the PV controller marked Lost. The last happens when kube-controller-manager sees the bound
+// claim before the volume's new claimRef reaches its cache (event ClaimMisbound); it sets such a claim
+// Bound again only on its next periodic resync, so the handout, finding the volume bound to the
+// claim, does that at once.
 func (c *Controller) needsWork(checkout *v1alpha1.Checkout) bool {
 	if checkout.DeletionTimestamp != nil {
 		return false
@@ -138,7 +142,10 @@ func (c *Controller) needsWork(checkout *v1alpha1.Checkout) bool {
 		return true
 	}
 	claim, err := c.claims.PersistentVolumeClaims(checkout.Namespace).Get(checkout.Status.VolumeClaimRef.Name)
-	return apierrors.IsNotFound(err) || (err == nil && !metav1.IsControlledBy(claim, checkout))
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	return err == nil && (!metav1.IsControlledBy(claim, checkout) || claim.Status.Phase == corev1.ClaimLost)
 }
 
 // WaitingAhead tells whether checkouts of the same pool created before checkout are waiting, so the

@@ -260,3 +260,38 @@ func TestWaitingAheadCountsOnlyOlderRecordedWaiters(t *testing.T) {
 		t.Fatal("an older waiting checkout of the same pool was not counted")
 	}
 }
+
+// TestClaimMarkedLostByAStaleCacheIsBoundAgain plays kube-controller-manager marking a handed-out claim
+// Lost because its cache still had the volume bound to the replica claim (event ClaimMisbound).
+func TestClaimMarkedLostByAStaleCacheIsBoundAgain(t *testing.T) {
+	claim1, volume1 := availableReplica(1)
+	f := start(t, []runtime.Object{claim1, volume1}, []runtime.Object{testPool(), waitingCheckout("job", 1)})
+	f.waitFor(t, "the checkout to acquire", func(c map[string]*v1alpha1.Checkout) bool { return acquired(c, "job") })
+
+	claims := f.kube.CoreV1().PersistentVolumeClaims("team")
+	claim, err := claims.Get(context.Background(), "job", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claim.Status.Phase != corev1.ClaimBound {
+		t.Fatalf("claim is %s after the handout", claim.Status.Phase)
+	}
+	claim.Status.Phase = corev1.ClaimLost
+	if _, err := claims.UpdateStatus(context.Background(), claim, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		claim, err = claims.Get(ctx, "job", metav1.GetOptions{})
+		return err == nil && claim.Status.Phase == corev1.ClaimBound, nil
+	})
+	if err != nil {
+		t.Fatalf("claim still %s: %v", claim.Status.Phase, err)
+	}
+	volume, err := f.kube.CoreV1().PersistentVolumes().Get(context.Background(), "pv-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if volume.Spec.ClaimRef.UID != claim.UID || claim.Spec.VolumeName != "pv-1" {
+		t.Fatalf("volume bound to %+v, claim names %q", volume.Spec.ClaimRef, claim.Spec.VolumeName)
+	}
+}
