@@ -207,7 +207,9 @@ func (h *Handout) volumeInHandout(ctx context.Context, checkout *v1alpha1.Checko
 	}
 	key := replica.CheckoutKey(checkout.Namespace, checkout.Name, checkout.UID)
 	for _, claim := range claims {
-		if claim.Annotations[replica.AnnotationCheckout] == key {
+		// A replica claim being deleted was released in step 3 (pvc-protection keeps it a while): its
+		// volume is either still labelled, and found above, or already the checkout's.
+		if claim.Annotations[replica.AnnotationCheckout] == key && claim.DeletionTimestamp == nil {
 			return h.holdVolume(ctx, checkout, claim)
 		}
 	}
@@ -278,9 +280,14 @@ func (h *Handout) takeReplica(ctx context.Context, checkout *v1alpha1.Checkout) 
 	return nil, "NotAvailable", fmt.Sprintf("Pool %s has no available replica; the checkout is fulfilled as soon as one is", PoolKey(checkout)), nil
 }
 
-// holdVolume does step 2 for a taken replica claim, then step 3.
+// holdVolume does step 2 for a taken replica claim, then step 3. Only a volume still bound to the taken
+// claim is held: one that already went on to a claim of the checkout must not be labelled held again,
+// or step 3 would delete that claim.
 func (h *Handout) holdVolume(ctx context.Context, checkout *v1alpha1.Checkout, taken *corev1.PersistentVolumeClaim) (*corev1.PersistentVolume, error) {
 	held, err := h.updateVolume(ctx, taken.Spec.VolumeName, func(volume *corev1.PersistentVolume) bool {
+		if ref := volume.Spec.ClaimRef; ref == nil || ref.UID != taken.UID {
+			return false
+		}
 		if volume.Labels == nil {
 			volume.Labels = map[string]string{}
 		}
@@ -297,6 +304,9 @@ func (h *Handout) holdVolume(ctx context.Context, checkout *v1alpha1.Checkout, t
 	})
 	if err != nil {
 		return nil, fmt.Errorf("holding volume %s of replica %s/%s: %w", taken.Spec.VolumeName, taken.Namespace, taken.Name, err)
+	}
+	if held.Labels[replica.LabelCheckoutUID] != string(checkout.UID) {
+		return nil, fmt.Errorf("volume %s is no longer bound to replica %s/%s", held.Name, taken.Namespace, taken.Name)
 	}
 	return held, h.releaseReplicaClaim(ctx, held)
 }

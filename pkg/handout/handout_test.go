@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -350,5 +351,47 @@ func TestVolumeIsNeverReleasedWithDeletePolicy(t *testing.T) {
 	}
 	if final := w.getVolume(t); final.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete || final.Status.Phase != corev1.VolumeBound {
 		t.Errorf("final volume: policy %s phase %s, want Delete and Bound", final.Spec.PersistentVolumeReclaimPolicy, final.Status.Phase)
+	}
+}
+
+// TestAcquireAgainWhileTheReplicaClaimLingers: pvc-protection keeps a released replica claim, still
+// annotated for the checkout, until its finalizer goes. Another Acquire in that window (the checkout
+// controller after the create request) must leave the handed-out claim and its volume alone.
+func TestAcquireAgainWhileTheReplicaClaimLingers(t *testing.T) {
+	w := newWorld(t)
+	first, err := w.handout.Acquire(context.Background(), w.checkout, false)
+	if err != nil || !first.Acquired {
+		t.Fatalf("first Acquire: %+v, %v", first, err)
+	}
+	claim, err := w.kube.CoreV1().PersistentVolumeClaims("team").Get(context.Background(), "job", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lingering := w.replica.DeepCopy()
+	lingering.Annotations[replica.AnnotationCheckout] = replica.CheckoutKey("team", "job", w.checkout.UID)
+	lingering.Labels[replica.LabelCheckoutUID] = string(w.checkout.UID)
+	lingering.Finalizers = []string{"kubernetes.io/pvc-protection"}
+	lingering.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	if err := w.kube.Tracker().Add(lingering); err != nil {
+		t.Fatal(err)
+	}
+
+	again, err := w.handout.Acquire(context.Background(), first.Checkout, false)
+	if err != nil || !again.Acquired {
+		t.Fatalf("second Acquire: %+v, %v", again, err)
+	}
+	after, err := w.kube.CoreV1().PersistentVolumeClaims("team").Get(context.Background(), "job", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the checkout's claim is gone: %v", err)
+	}
+	if after.UID != claim.UID {
+		t.Fatalf("the checkout's claim was replaced: UID %s, was %s", after.UID, claim.UID)
+	}
+	volume := w.getVolume(t)
+	if volume.Spec.ClaimRef.UID != claim.UID || volume.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+		t.Fatalf("volume bound to %+v with policy %s; want the checkout's claim and Delete", volume.Spec.ClaimRef, volume.Spec.PersistentVolumeReclaimPolicy)
+	}
+	if _, held := volume.Labels[replica.LabelCheckoutUID]; held {
+		t.Fatal("the handed-out volume was labelled held again")
 	}
 }
