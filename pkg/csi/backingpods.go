@@ -625,46 +625,31 @@ func (l *BackingPods) stagedHere(pod *corev1.Pod) (bool, string) {
 	return stagedBy(dir, l.StageNodeID)
 }
 
-// stagedBy looks for stage records of nodeID in the stores under root (as Driver.stores finds them).
+// stagedBy looks for stage records of nodeID in the stores under root (as Driver.stores finds them). A
+// store it cannot read counts as staged: a holder is only collected when that is sure.
 func stagedBy(root, nodeID string) (bool, string) {
 	record := keyFor(nodeID) + ".json"
-	staged, where := false, ""
-	err := filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
+	where := ""
+	err := walkStores(root, false, func(dir string) error {
+		entries, err := os.ReadDir(filepath.Join(dir, volumesDirName))
 		if err != nil {
 			return err
 		}
-		if !e.IsDir() {
-			return nil
-		}
-		rel, _ := filepath.Rel(root, path)
-		if strings.Count(rel, string(filepath.Separator)) > 4 {
-			return filepath.SkipDir
-		}
-		switch e.Name() {
-		case imagesDirName, snapshotsDirName:
-			return filepath.SkipDir
-		case volumesDirName:
-			entries, err := os.ReadDir(path)
-			if err != nil {
-				return err
+		for _, v := range entries {
+			if !v.IsDir() || !strings.HasSuffix(v.Name(), ".staged") {
+				continue
 			}
-			for _, v := range entries {
-				if !v.IsDir() || !strings.HasSuffix(v.Name(), ".staged") {
-					continue
-				}
-				if _, err := os.Stat(filepath.Join(path, v.Name(), record)); err == nil {
-					staged, where = true, filepath.Dir(path)
-					return filepath.SkipAll
-				}
+			if _, err := os.Stat(filepath.Join(dir, volumesDirName, v.Name(), record)); err == nil {
+				where = dir
+				return filepath.SkipAll
 			}
-			return filepath.SkipDir
 		}
 		return nil
 	})
 	if err != nil {
 		return true, err.Error()
 	}
-	return staged, where
+	return where != "", where
 }
 
 // watchClaim starts watching claim, so its deletion reaches reconcile at once.

@@ -384,24 +384,9 @@ func (d *Driver) stores(ctx context.Context) ([]*store, error) {
 	}
 	var out []*store
 	for _, root := range roots {
-		err := filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
-			if err != nil {
-				return nil
-			}
-			if !e.IsDir() {
-				return nil
-			}
-			rel, _ := filepath.Rel(root, path)
-			if strings.Count(rel, string(filepath.Separator)) > 4 {
-				return filepath.SkipDir
-			}
-			switch e.Name() {
-			case volumesDirName:
-				out = append(out, &store{dir: filepath.Dir(path)})
-				return filepath.SkipDir
-			case snapshotsDirName, imagesDirName:
-				return filepath.SkipDir
-			}
+		// A directory that vanishes or cannot be read while listing only leaves its stores out.
+		err := walkStores(root, true, func(dir string) error {
+			out = append(out, &store{dir: dir})
 			return nil
 		})
 		if err != nil {
@@ -409,6 +394,37 @@ func (d *Driver) stores(ctx context.Context) ([]*store, error) {
 		}
 	}
 	return out, nil
+}
+
+// walkStores calls visit with every store directory (one holding pvpool-volumes) at most four levels
+// under root. With skipUnreadable, directories that cannot be read are passed over; otherwise the
+// walk stops at the first one, with its error.
+func walkStores(root string, skipUnreadable bool, visit func(dir string) error) error {
+	return filepath.WalkDir(root, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			if skipUnreadable {
+				return nil
+			}
+			return err
+		}
+		if !e.IsDir() {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, path)
+		if strings.Count(rel, string(filepath.Separator)) > 4 {
+			return filepath.SkipDir
+		}
+		switch e.Name() {
+		case volumesDirName:
+			if err := visit(filepath.Dir(path)); err != nil {
+				return err
+			}
+			return filepath.SkipDir
+		case snapshotsDirName, imagesDirName:
+			return filepath.SkipDir
+		}
+		return nil
+	})
 }
 
 // paginate returns the entries after token (an entry ID: robust against entries deleted between pages).
