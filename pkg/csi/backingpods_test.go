@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -29,6 +32,10 @@ type backingFixture struct {
 	host    string
 	clock   *clocktesting.FakeClock
 	claim   BackingClaim
+	// claimWatches counts watches of claims registered with the fake's tracker. The fake cannot resume
+	// a watch from a resourceVersion, so a change made between an informer's list and its watch is
+	// never delivered; tests wait for the watch before changing the claim.
+	claimWatches atomic.Int32
 }
 
 func newBackingFixture(t *testing.T, pvSource corev1.PersistentVolumeSource, modes ...corev1.PersistentVolumeAccessMode) *backingFixture {
@@ -51,7 +58,25 @@ func newBackingFixture(t *testing.T, pvSource corev1.PersistentVolumeSource, mod
 		clock:   clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)),
 		claim:   BackingClaim{Namespace: "storage", Name: "backing"},
 	}
+	f.client.PrependWatchReactor("persistentvolumeclaims", func(action k8stesting.Action) (bool, watch.Interface, error) {
+		w, err := f.client.Tracker().Watch(action.GetResource(), action.GetNamespace())
+		if err == nil {
+			f.claimWatches.Add(1)
+		}
+		return true, w, err
+	})
 	return f
+}
+
+// waitClaimWatched waits until n watches of claims are registered.
+func (f *backingFixture) waitClaimWatched(t *testing.T, n int32) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(t.Context(), 10*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return f.claimWatches.Load() >= n, nil
+	})
+	if err != nil {
+		t.Fatalf("%d of %d claim watches registered", f.claimWatches.Load(), n)
+	}
 }
 
 func (f *backingFixture) locator(component string) *BackingPods {
@@ -342,6 +367,7 @@ func TestBackingPodsHolderDeletedWithClaim(t *testing.T) {
 	runCollector(t, node, f.clock)
 	runCollector(t, controller, f.clock)
 
+	f.waitClaimWatched(t, 2)
 	f.markDeleting(t)
 	f.waitHolderGone(t, "controller")
 	// The node's holder stays while the volume is staged through it...
