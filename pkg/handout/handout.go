@@ -36,6 +36,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/keymutex"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
 	clientset "github.com/pvpool/pvpool/pkg/generated/clientset/versioned"
@@ -58,14 +59,19 @@ type Handout struct {
 	pvpool   clientset.Interface
 	recorder record.EventRecorder
 
-	// poolLocks serializes handouts from one pool within this process, so the FIFO order of waiting
-	// checkouts holds; across processes the take in step 1 still keeps every volume to one checkout.
+	// poolLocks serializes the takes (step 1) from one pool within this process, so the FIFO order of
+	// waiting checkouts holds; across processes the take's resourceVersion guard still keeps every
+	// volume to one checkout. The other steps touch only the checkout's own objects and run outside it,
+	// so handouts from one pool overlap.
 	poolLocks sync.Map
+	// checkoutLocks serializes the attempts for one checkout (the create request and the checkout
+	// controller). A checkout's lock is always taken before its pool's, never after.
+	checkoutLocks keymutex.KeyMutex
 }
 
 // New returns a Handout acting through the given clients.
 func New(kube kubernetes.Interface, pvpool clientset.Interface, recorder record.EventRecorder) *Handout {
-	return &Handout{kube: kube, pvpool: pvpool, recorder: recorder}
+	return &Handout{kube: kube, pvpool: pvpool, recorder: recorder, checkoutLocks: keymutex.NewHashed(64)}
 }
 
 // Outcome is what a handout attempt ended with.
@@ -116,8 +122,8 @@ func (h *Handout) Acquire(ctx context.Context, checkout *v1alpha1.Checkout, wait
 	if checkout.DeletionTimestamp != nil {
 		return &Outcome{Checkout: checkout}, nil
 	}
-	unlock := h.lockPool(PoolKey(checkout))
-	defer unlock()
+	h.checkoutLocks.LockKey(string(checkout.UID))
+	defer func() { _ = h.checkoutLocks.UnlockKey(string(checkout.UID)) }()
 	// The caller's copy may be older than an outcome another caller recorded while this one waited
 	// for the lock.
 	current, err := h.pvpool.PvpoolV1alpha1().Checkouts(checkout.Namespace).Get(ctx, checkout.Name, metav1.GetOptions{})
@@ -168,7 +174,9 @@ func (h *Handout) Acquire(ctx context.Context, checkout *v1alpha1.Checkout, wait
 			return h.waiting(ctx, checkout, "NotAvailable", "older checkouts of pool "+PoolKey(checkout)+" are waiting and are served first")
 		}
 		var reason, message string
+		unlockPool := h.lockPool(PoolKey(checkout))
 		volume, reason, message, err = h.takeReplica(ctx, checkout)
+		unlockPool()
 		if err != nil {
 			return nil, err
 		}
