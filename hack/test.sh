@@ -13,8 +13,15 @@ run_phase() {
   case "$1" in
     deps) hack/install-node-deps.sh ;;
     verify-codegen) hack/verify-codegen.sh ;;
-    vet) go vet ./... ;;
-    unit) go test -count=1 ./pkg/... ./cmd/... ;;
+    vet)
+      unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './_output/*'))
+      if [[ -n "${unformatted}" ]]; then
+        echo "gofmt would change: ${unformatted}" >&2
+        return 1
+      fi
+      go vet ./...
+      ;;
+    unit) go test -count=1 ./pkg/... ./cmd/... ./test/bench/... ;;
     integration) go test -count=1 -v ./test/integration/... ;;
     csi-sanity) hack/csi-sanity.sh ;;
     e2e) hack/e2e.sh ;;
