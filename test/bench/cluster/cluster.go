@@ -318,15 +318,6 @@ func (b *bench) waitForAPI(ctx context.Context) error {
 	return nil
 }
 
-func checkoutAcquired(checkout *v1alpha1.Checkout) bool {
-	for _, condition := range checkout.Status.Conditions {
-		if condition.Type == v1alpha1.CheckoutAcquired {
-			return condition.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // batchJobSpec is an init job that runs container once and gives up quickly: a failing init job
 // should fail the benchmark, not stall it.
 func batchJobSpec(container corev1.Container) batchv1.JobSpec {

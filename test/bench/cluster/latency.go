@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
+	"github.com/pvpool/pvpool/pkg/handout"
 )
 
 // LatencyReport is item 1: from the create call to the claim Bound and to a pod using it Running,
@@ -187,7 +188,7 @@ func (l *latencyRun) sample(ctx context.Context, kind claimKind, name string) (l
 		if err != nil {
 			return result, fmt.Errorf("creating checkout %s: %w", name, err)
 		}
-		result.waited = !checkoutAcquired(checkout)
+		result.waited = !handout.IsAcquired(checkout)
 	case kindDynamic:
 		_, err := l.kube.CoreV1().PersistentVolumeClaims(l.ns).Create(ctx, &corev1.PersistentVolumeClaim{
 			ObjectMeta: metav1.ObjectMeta{Name: name},

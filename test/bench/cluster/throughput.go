@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/pvpool/pvpool/pkg/apis/pvpool/v1alpha1"
+	"github.com/pvpool/pvpool/pkg/handout"
 	"github.com/pvpool/pvpool/pkg/replica"
 )
 
@@ -159,7 +160,7 @@ func (b *bench) runThroughput(ctx context.Context, memory *memoryMonitor, progre
 					ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("tp-c%d-%04d", clients, i), Labels: levelLabels},
 					Spec:       v1alpha1.CheckoutSpec{PoolRef: v1alpha1.PoolReference{Name: pool.Name}},
 				}, metav1.CreateOptions{})
-				if err == nil && checkoutAcquired(checkout) {
+				if err == nil && handout.IsAcquired(checkout) {
 					acquired.Add(1)
 				}
 				return err
@@ -240,7 +241,7 @@ func (b *bench) verifyHandouts(ctx context.Context, ns string, levelLabels map[s
 		}
 		checkouts = list.Items
 		for i := range checkouts {
-			if !checkoutAcquired(&checkouts[i]) {
+			if !handout.IsAcquired(&checkouts[i]) {
 				return false, nil
 			}
 		}
