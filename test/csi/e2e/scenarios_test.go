@@ -115,24 +115,28 @@ func (c *cluster) resize(t *testing.T, ns, name string, size int64) {
 	}
 }
 
+// waitCapacity waits until the claim's status reports at least size bytes.
 func (c *cluster) waitCapacity(t *testing.T, ns, name string, size int64) {
 	t.Helper()
-	want := resource.NewQuantity(size, resource.BinarySI)
-	err := wait.PollUntilContextTimeout(t.Context(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		pvc, err := c.client.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		got := pvc.Status.Capacity[corev1.ResourceStorage]
-		return got.Cmp(*want) >= 0, nil
+	c.waitGrown(t, ns, name, size, "claim", func(_ context.Context, pvc *corev1.PersistentVolumeClaim) (resource.Quantity, error) {
+		return pvc.Status.Capacity[corev1.ResourceStorage], nil
 	})
-	if err != nil {
-		c.dumpEvents(t, ns)
-		t.Fatalf("claim %s/%s did not reach %d bytes: %v", ns, name, size, err)
-	}
 }
 
+// waitVolumeCapacity waits until the claim's PersistentVolume has at least size bytes.
 func (c *cluster) waitVolumeCapacity(t *testing.T, ns, name string, size int64) {
+	t.Helper()
+	c.waitGrown(t, ns, name, size, "volume of", func(ctx context.Context, pvc *corev1.PersistentVolumeClaim) (resource.Quantity, error) {
+		pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+		if err != nil {
+			return resource.Quantity{}, err
+		}
+		return pv.Spec.Capacity[corev1.ResourceStorage], nil
+	})
+}
+
+func (c *cluster) waitGrown(t *testing.T, ns, name string, size int64, what string,
+	capacity func(context.Context, *corev1.PersistentVolumeClaim) (resource.Quantity, error)) {
 	t.Helper()
 	want := resource.NewQuantity(size, resource.BinarySI)
 	err := wait.PollUntilContextTimeout(t.Context(), time.Second, timeout, true, func(ctx context.Context) (bool, error) {
@@ -140,16 +144,12 @@ func (c *cluster) waitVolumeCapacity(t *testing.T, ns, name string, size int64) 
 		if err != nil {
 			return false, nil
 		}
-		pv, err := c.client.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		got := pv.Spec.Capacity[corev1.ResourceStorage]
-		return got.Cmp(*want) >= 0, nil
+		got, err := capacity(ctx, pvc)
+		return err == nil && got.Cmp(*want) >= 0, nil
 	})
 	if err != nil {
 		c.dumpEvents(t, ns)
-		t.Fatalf("volume of %s/%s did not reach %d bytes: %v", ns, name, size, err)
+		t.Fatalf("%s %s/%s did not reach %d bytes: %v", what, ns, name, size, err)
 	}
 }
 
